@@ -1,0 +1,30 @@
+"""Shared CLI plumbing: extra ``--dotted.key value`` overrides and friendly error exits."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from unimask.config import ConfigError, parse_overrides
+
+console = Console(stderr=True)
+
+# Pass to ``@app.command(context_settings=OVERRIDES)`` to accept ``--a.b value`` after positionals.
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def overrides_from(ctx: typer.Context) -> dict[str, str]:
+    return parse_overrides(ctx.args)
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn expected user errors (bad config, missing files, bad data) into a red line and exit 2."""
+    try:
+        yield
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,46 @@
+"""The one small interface through which evals, the agent runtime and the server see a model.
+
+AR models, diffusion models, ``transformers`` models loaded from a local directory and
+scripted oracle policies all implement ``Backbone.generate``; nothing downstream branches on
+backbone type. ``Generation`` records what came out and what it cost (NFE, wall time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from unimask.tokenizer import Tokenizer
+
+StopReason = Literal["eos", "stop", "length", "constraint", "error"]
+
+
+@dataclass
+class Generation:
+    """One completion: text (stop string excluded), ids, cost, and why it ended."""
+
+    text: str
+    token_ids: list[int]
+    nfe: int  # forward passes spent on this prompt (a batched pass counts once per prompt in it)
+    wall_time: float  # seconds
+    stop_reason: StopReason
+    info: dict[str, Any] = field(default_factory=dict)  # sampler-specific extras (e.g. tokens per step)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the agent loop, the evals and the server need from any model."""
+
+    tokenizer: Tokenizer
+    kind: str  # "ar", "diffusion", "hf", "scripted"
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] | None = None,
+        constraint: Any | None = None,
+        **decoding: Any,
+    ) -> list[Generation]: ...

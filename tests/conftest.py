@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny tokenizer trained once per session on real stdlib text."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def stdlib_sample_texts(limit: int = 40) -> list[str]:
+    """A deterministic handful of real stdlib source files (on every machine)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted((root / "json").glob("*.py")) + sorted((root / "email").glob("*.py"))
+    return [f.read_text(encoding="utf-8") for f in files[:limit]]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from unimask.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(stdlib_sample_texts(), vocab_size=512)
+    return tok.save(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_path: Path):
+    from unimask.tokenizer import Tokenizer
+
+    return Tokenizer.load(tiny_tokenizer_path)
