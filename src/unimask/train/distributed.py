@@ -1,0 +1,112 @@
+"""Process-group set-up from ``torchrun``'s environment and DDP / FSDP2 wrapping.
+
+There is no launcher here: ``torchrun --nproc_per_node N -m unimask train CONFIG`` sets
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and this module only reads them. Backend: NCCL on CUDA,
+gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device]:
+    """Join the torchrun process group if there is one; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_pref, info.local_rank)
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return info, device
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    device = torch.device(pref)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device=cuda requested but CUDA is not available; use device=auto or cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def wrap_model(model: torch.nn.Module, strategy: str, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """DDP (replicated weights, all-reduced grads) or FSDP2 (``fully_shard`` per block, then root)."""
+    if not info.enabled:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in transformer_blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown distributed strategy {strategy!r}; use ddp or fsdp")
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated layers (the largest ``ModuleList``), the natural FSDP sharding unit."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= info.world_size
+    return x
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,412 @@
+"""The training loop: one loop for every objective mixture, single process or torchrun DDP/FSDP2.
+
+Order of a step: ``accum`` micro-batches (forward under autocast, mean example loss / accum,
+backward; gradient sync only on the last), clip, AdamW step at the scheduled LR, log; then
+evaluate and checkpoint on their intervals. Everything a step depends on -- weights, optimizer,
+data cursor, RNG -- is in the checkpoint, so resuming reproduces an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unimask.config import ConfigError, save_config, to_dict
+from unimask.evals.loss import autocast_context, validation_loss
+from unimask.objectives.example import Batch, example_loss
+from unimask.train import checkpoint as ckpt
+from unimask.train.batches import MicroBatches, ObjectiveFn, build_objective_fn
+from unimask.train.config import ObjectiveSpec, TrainConfig
+from unimask.train.distributed import (
+    all_reduce_mean,
+    barrier,
+    gather_objects,
+    init_distributed,
+    wrap_model,
+)
+from unimask.train.metrics import MetricsLogger
+from unimask.train.optim import build_optimizer, lr_at
+
+AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "agent_sft_ar"}
+
+
+def infer_backbone(objectives: list[ObjectiveSpec]) -> dict[str, Any]:
+    """What decoder a checkpoint trained on ``objectives`` needs (recorded in its ``extra``)."""
+    active = [o for o in objectives if o.weight > 0]
+    names = {o.name for o in active}
+    if names <= AR_OBJECTIVES:
+        return {"backbone": "ar"}
+    block = [o for o in active if o.name in ("block_diffusion", "agent_sft_diffusion")]
+    masked = [o for o in active if o.name == "masked_diffusion"]
+    if block and masked:
+        raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
+    if masked:
+        return {"backbone": "masked_diffusion"}
+    if block:
+        params = block[0].params
+        if params.get("aligned", True) is False:
+            return {"backbone": "masked_diffusion"}
+        return {
+            "backbone": "block_diffusion",
+            "block_size": int(params.get("block_size", 32)),
+            "clean_attention": str(params.get("clean_attention", "causal" if block[0].name != "block_diffusion" else "block")),
+        }
+    raise ConfigError(f"objectives {sorted(names)} are not known to the trainer's backbone table")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    out_dir: Path
+    checkpoint: Path | None
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    eval: dict[str, float] = field(default_factory=dict)
+
+
+def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
+    from unimask.model import Transformer
+    from unimask.presets import model_preset
+
+    mcfg = model_preset(cfg.model.preset)
+    overrides = dict(cfg.model.overrides)
+    overrides.setdefault("vocab_size", tokenizer.vocab_size)
+    valid = {f.name for f in dataclasses.fields(mcfg)}
+    bad = sorted(set(overrides) - valid)
+    if bad:
+        raise ConfigError(f"model.overrides has unknown field {bad[0]!r}; ModelConfig fields: {', '.join(sorted(valid))}")
+    from unimask.config import from_dict
+
+    mcfg = from_dict(type(mcfg), {**dataclasses.asdict(mcfg), **overrides}, prefix="model.overrides.")
+    return Transformer(mcfg)
+
+
+def _load_tokenizer(cfg: TrainConfig) -> Any:
+    from unimask.tokenizer import Tokenizer
+
+    if cfg.data.tokenizer:
+        return Tokenizer.load(cfg.data.tokenizer)
+    if cfg.data.kind == "packed" and cfg.data.dir:
+        return Tokenizer.load(cfg.data.dir)
+    raise ConfigError("no tokenizer: set data.dir (a prepared data dir), data.tokenizer, or init_from")
+
+
+class Trainer:
+    """Build everything from a ``TrainConfig``; components may be injected (tests, experiments)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        objective: ObjectiveFn | None = None,
+        train_source: Any = None,
+        val_raws: list[Any] | None = None,
+        val_objectives: dict[str, ObjectiveFn] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.info, self.device = init_distributed(cfg.device)
+        self.amp_dtype = amp_dtype_for(cfg, self.device)
+        self.out_dir = Path(cfg.out_dir)
+        self.init_extra: dict[str, Any] = {}
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+
+        if cfg.init_from and model is None:
+            from unimask.model import load_checkpoint
+
+            model, loaded_tok, self.init_extra = load_checkpoint(cfg.init_from)
+            tokenizer = tokenizer or loaded_tok
+        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
+        self.raw_model = model if model is not None else build_model(cfg, self.tokenizer)
+        vocab = getattr(getattr(self.raw_model, "config", None), "vocab_size", None)
+        if vocab is not None and hasattr(self.tokenizer, "check_vocab"):
+            self.tokenizer.check_vocab(vocab)
+        if cfg.model.activation_checkpointing:
+            if not hasattr(self.raw_model, "set_activation_checkpointing"):
+                raise ConfigError("this model has no set_activation_checkpointing(); set model.activation_checkpointing=false")
+            self.raw_model.set_activation_checkpointing(True)
+
+        self.backbone = infer_backbone(cfg.objectives)
+        self.objective = objective if objective is not None else build_objective_fn(cfg.objectives, self.tokenizer)
+        self.val_objectives = val_objectives
+        self.global_stream = cfg.data.sharding == "global"
+        self.train_source = train_source if train_source is not None else self._make_source("train")
+        self.val_raws = val_raws
+        self.stream = MicroBatches(
+            self.train_source, self.objective, self.tokenizer.pad_id, cfg.micro_batch_size, cfg.grad_accum,
+            self.info.rank, self.info.world_size, cfg.seed, self.global_stream,
+        )
+        self.step = 0
+        self.tokens = 0
+        self.total_steps = self._total_steps()
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _make_source(self, split: str, finite: bool = False) -> Any:
+        from unimask.train.sources import PackedSource, TrajectorySource
+
+        d = self.cfg.data
+        rank, world = (0, 1) if (self.global_stream or finite) else (self.info.rank, self.info.world_size)
+        epochs = 1 if finite else None
+        if d.kind == "packed":
+            if not d.dir:
+                raise ConfigError("data.kind=packed needs data.dir (run `unimask data prepare` first)")
+            return PackedSource(d.dir, split, d.seq_len, rank, world, self.cfg.seed, epochs=epochs)
+        path = d.train_path if split == "train" else d.val_path
+        if not path:
+            if split == "train":
+                raise ConfigError("data.kind=trajectories needs data.train_path (a JSONL of {'turns': [...]})")
+            return None
+        return TrajectorySource(path, self.tokenizer, d.max_len, self.cfg.seed, epochs, rank, world)
+
+    def _tokens_per_step(self) -> int:
+        per_example = self.cfg.data.seq_len if self.cfg.data.kind == "packed" else self.cfg.data.max_len
+        return per_example * self.cfg.micro_batch_size * self.cfg.grad_accum * self.info.world_size
+
+    def _total_steps(self) -> int:
+        if self.cfg.token_budget > 0:
+            return max(1, math.ceil(self.cfg.token_budget / self._tokens_per_step()))
+        return self.cfg.steps
+
+    def _val_raws(self) -> list[Any]:
+        if self.val_raws is None:
+            n = self.cfg.eval_batches * self.cfg.micro_batch_size * self.info.world_size
+            src = self._make_source("val", finite=True)
+            raws: list[Any] = []
+            if src is not None:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    for raw in src:
+                        raws.append(raw)
+                        if len(raws) >= n:
+                            break
+            self.val_raws = raws
+        return self.val_raws
+
+    def _val_objectives(self) -> dict[str, ObjectiveFn]:
+        if self.val_objectives is None:
+            from unimask.objectives import build_objective
+
+            self.val_objectives = {
+                s.name: build_objective(s.name, self.tokenizer, **s.params) for s in self.cfg.objectives if s.weight > 0
+            }
+        return self.val_objectives
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def _extra(self) -> dict[str, Any]:
+        return {**self.backbone, "train_config": to_dict(self.cfg), "step": self.step, "tokens": self.tokens,
+                "init_from": self.cfg.init_from or None}
+
+    def _optimizer_state(self) -> Any:
+        if self.info.enabled and self.cfg.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        return self.optimizer.state_dict()
+
+    def _full_model_for_save(self) -> torch.nn.Module:
+        if self.info.enabled and self.cfg.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if not self.info.is_main:
+                return self.raw_model
+            if not hasattr(self, "_save_copy"):
+                import copy
+
+                with torch.device("meta"):
+                    self._save_copy = copy.deepcopy(self.raw_model)
+                self._save_copy = self._save_copy.to_empty(device="cpu")
+            self._save_copy.load_state_dict(sd)
+            return self._save_copy
+        return self.raw_model
+
+    def save(self) -> Path | None:
+        opt_state = self._optimizer_state()
+        model_for_save = self._full_model_for_save()
+        per_rank = gather_objects({"data": self.stream.state_dict(), "rng": ckpt.rng_state()}, self.info)
+        path = None
+        if self.info.is_main:
+            state = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "optimizer": opt_state,
+                "optimizer_format": "fsdp_full" if (self.info.enabled and self.cfg.distributed == "fsdp") else "plain",
+                "world_size": self.info.world_size,
+                "global_stream": self.global_stream,
+                "ranks": per_rank,
+            }
+            path = ckpt.save_training_checkpoint(
+                self.out_dir, self.step, model_for_save, self.tokenizer, self._extra(), state, self.cfg.keep_last_k
+            )
+        barrier(self.info)
+        return path
+
+    def _load_weights(self, ckpt_dir: Path) -> None:
+        from unimask.model import load_checkpoint
+
+        loaded, _, _ = load_checkpoint(ckpt_dir)
+        self.raw_model.load_state_dict(loaded.state_dict())
+
+    def _resume_state(self, ckpt_dir: Path) -> None:
+        state = ckpt.load_state(ckpt_dir)
+        fmt = "fsdp_full" if (self.info.enabled and self.cfg.distributed == "fsdp") else "plain"
+        if state["optimizer_format"] != fmt:
+            raise ValueError(
+                f"{ckpt_dir} was saved with optimizer format {state['optimizer_format']!r} but this run uses {fmt!r}; "
+                "resume with the same distributed strategy or start a new out_dir with init_from"
+            )
+        if fmt == "fsdp_full":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        ranks = state["ranks"]
+        if len(ranks) != self.info.world_size and not (state["global_stream"] and self.global_stream):
+            raise ValueError(
+                f"{ckpt_dir} was written by {len(ranks)} ranks; with data.sharding=rank resume needs the same world size"
+            )
+        mine = ranks[min(self.info.rank, len(ranks) - 1)]
+        self.stream.load_state_dict(mine["data"])
+        if len(ranks) == self.info.world_size:
+            ckpt.set_rng_state(mine["rng"])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+
+    # ------------------------------------------------------------------ the loop
+    def _micro_step(self, batch: Batch, sync: bool) -> tuple[torch.Tensor, int]:
+        batch = batch.to(self.device)
+        ddp = self.info.enabled and self.cfg.distributed == "ddp"
+        if self.info.enabled and self.cfg.distributed == "fsdp":
+            self.model.set_requires_gradient_sync(sync)
+        ctx = self.model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
+        with ctx:
+            with autocast_context(self.device, self.amp_dtype):
+                attention = None if _is_plain_causal(batch) else batch.attention
+                logits = self.model(batch.input_ids, attention)
+            loss = example_loss(logits, batch.labels, batch.loss_weights).mean()
+            (loss / self.cfg.grad_accum).backward()
+        tokens = int((batch.attention.doc_ids >= 0).sum())
+        return loss.detach(), tokens
+
+    def evaluate(self) -> dict[str, float]:
+        raws = self._val_raws()
+        if not raws:
+            return {}
+        per = len(raws) // self.info.world_size
+        lo = self.info.rank * per
+        mine = raws[lo : lo + per]
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            if self.info.enabled:
+                import torch.distributed as dist
+
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return t
+
+        return validation_loss(
+            self.model, mine, self._val_objectives(), self.tokenizer.pad_id, self.device,
+            self.cfg.micro_batch_size, self.amp_dtype, seed=self.cfg.seed + 1, reduce=reduce, offset=lo,
+        )
+
+    def fit(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        resume_from = ckpt.latest_checkpoint(self.out_dir) if cfg.resume else None
+        if info.is_main:
+            ckpt.clean_stale_temporaries(self.out_dir)
+            save_config(cfg, self.out_dir / "config.yaml")
+        if resume_from is not None:
+            self._load_weights(resume_from)
+        self.raw_model.to(self.device)
+        self.model = wrap_model(self.raw_model, cfg.distributed, info, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        if resume_from is not None:
+            self._resume_state(resume_from)
+        if cfg.model.compile:
+            self.model = torch.compile(self.model)
+        self.model.train()
+
+        logger = MetricsLogger(self.out_dir, self.total_steps, self.step, enabled=info.is_main,
+                               tensorboard=cfg.tensorboard, progress=cfg.progress)
+        result = TrainResult(self.step, self.out_dir, resume_from)
+        last_saved = self.step if resume_from is not None else -1
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                lr = lr_at(self.step, self.total_steps, cfg.optim)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batches = self.stream.step_batches()
+                loss_sum = torch.zeros((), device=self.device)
+                tokens = 0
+                for i, batch in enumerate(batches):
+                    loss, n = self._micro_step(batch, sync=i == len(batches) - 1)
+                    loss_sum += loss
+                    tokens += n
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                loss_val = float(all_reduce_mean(loss_sum / len(batches), info))
+                tokens_all = int(all_reduce_mean(torch.tensor(float(tokens), device=self.device), info) * info.world_size)
+                self.tokens += tokens_all
+                dt = time.perf_counter() - t0
+                result.losses.append(loss_val)
+                if not math.isfinite(loss_val):
+                    raise FloatingPointError(f"loss is {loss_val} at step {self.step}; lower optim.lr or check the data")
+                logger.advance(self.step, loss_val, tokens_all / dt)
+                if self.step % cfg.log_interval == 0 or self.step == self.total_steps:
+                    logger.log(self.step, {"loss": loss_val, "lr": lr, "grad_norm": float(grad_norm),
+                                           "tokens": self.tokens, "tokens_per_s": tokens_all / dt})
+                if cfg.eval_interval > 0 and (self.step % cfg.eval_interval == 0 or self.step == self.total_steps):
+                    result.eval = self.evaluate()
+                    if result.eval:
+                        logger.log(self.step, result.eval, kind="val")
+                if cfg.checkpoint_interval > 0 and self.step % cfg.checkpoint_interval == 0:
+                    result.checkpoint = self.save()
+                    last_saved = self.step
+            if last_saved != self.step:
+                result.checkpoint = self.save()
+        finally:
+            logger.close()
+        result.step, result.tokens = self.step, self.tokens
+        return result
+
+
+def _is_plain_causal(batch: Batch) -> bool:
+    """True when every row is one causal document with positions 0..L-1 (SDPA's fast path applies)."""
+    a = batch.attention
+    L = a.seq_len
+    ar = torch.arange(L, device=a.doc_ids.device)
+    return bool(
+        (a.doc_ids == a.doc_ids[:, :1]).all()
+        and (a.doc_ids >= 0).all()
+        and not a.noisy.any()
+        and (a.block_ids == ar).all()
+        and (a.position_ids == ar).all()
+    )
+
+
+def train(cfg: TrainConfig, **components: Any) -> TrainResult:
+    """Run (or resume) training as configured; see ``Trainer`` for injectable components."""
+    from unimask.train.distributed import cleanup
+
+    trainer = Trainer(cfg, **components)
+    try:
+        return trainer.fit()
+    finally:
+        cleanup(trainer.info)
