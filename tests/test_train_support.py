@@ -2,11 +2,12 @@
 
 Run as a script it trains in a child process (used by the SIGKILL tests)::
 
-    python tests/test_train_support.py OUT_DIR STEPS [--sleep-after-save N | --kill-in-save N]
+    python tests/test_train_support.py OUT_DIR STEPS [--sleep-after-save N] [--kill-in-save N] [--set KEY VALUE]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 SEQ_LEN = 32
 
@@ -109,36 +111,46 @@ def tokenizer_for_child(out_dir: Path):
 
 
 def child_main(argv: list[str]) -> None:
+    import argparse
+
     torch.set_num_threads(1)
     from unimask.train import checkpoint as ckpt
     from unimask.train import trainer as trainer_mod
 
-    out_dir, steps = Path(argv[0]), int(argv[1])
-    mode, at = (argv[2], int(argv[3])) if len(argv) > 3 else ("", -1)
-    tok = tokenizer_for_child(out_dir)
-    if mode == "--sleep-after-save":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("--sleep-after-save", type=int, default=-1)
+    ap.add_argument("--kill-in-save", type=int, default=-1)
+    ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    args = ap.parse_args(argv)
+    tok = tokenizer_for_child(args.out_dir)
+    if args.sleep_after_save >= 0:
         original = ckpt.save_training_checkpoint
 
         def save_then_wait(out, step, *a, **k):
             path = original(out, step, *a, **k)
-            if step == at:
+            if step == args.sleep_after_save:
                 print(f"SAVED {step}", flush=True)
                 time.sleep(600)  # the parent SIGKILLs us here
             return path
 
         trainer_mod.ckpt.save_training_checkpoint = save_then_wait
-    elif mode == "--kill-in-save":
+    if args.kill_in_save >= 0:
         original_write = ckpt.write_state
 
         def write_half_then_die(path, state):
-            if state["step"] == at:
+            if state["step"] == args.kill_in_save:
                 path.write_bytes(b"partial")  # a torn file inside the temp dir
                 os.kill(os.getpid(), signal.SIGKILL)
             original_write(path, state)
 
         ckpt.write_state = write_half_then_die
-    cfg = tiny_config(out_dir, steps=steps)
-    trainer_mod.train(cfg, tokenizer=tok, train_source=ListSource(stdlib_windows(tok)))
+    overrides = {k.replace(".", "__"): yaml.safe_load(v) for k, v in args.set}
+    cfg = tiny_config(args.out_dir, steps=args.steps, **overrides)
+    res = trainer_mod.train(cfg, tokenizer=tok, train_source=ListSource(stdlib_windows(tok)))
+    if int(os.environ.get("RANK", "0")) == 0:
+        (args.out_dir / "losses.json").write_text(json.dumps(res.losses))
     print("DONE", flush=True)
 
 

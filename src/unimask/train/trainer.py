@@ -225,11 +225,9 @@ class Trainer:
             if not self.info.is_main:
                 return self.raw_model
             if not hasattr(self, "_save_copy"):
-                import copy
-
-                with torch.device("meta"):
-                    self._save_copy = copy.deepcopy(self.raw_model)
-                self._save_copy = self._save_copy.to_empty(device="cpu")
+                # FSDP modules cannot be deep-copied; an unsharded twin built from the config
+                # receives the gathered full state dict.
+                self._save_copy = type(self.raw_model)(self.raw_model.config)
             self._save_copy.load_state_dict(sd)
             return self._save_copy
         return self.raw_model

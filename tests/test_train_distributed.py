@@ -1,0 +1,51 @@
+"""torchrun on CPU with gloo: 2 processes (DDP and FSDP2) give the same losses and weights as 1
+process at the same global batch -- the data stream is world-size invariant by construction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_support import stdlib_texts  # noqa: E402
+
+SUPPORT = Path(__file__).parent / "test_train_support.py"
+pytestmark = pytest.mark.distributed
+
+
+def _run(out_dir: Path, nproc: int, strategy: str, micro: int, accum: int) -> list[float]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(SUPPORT), str(out_dir), "4", "--set", "distributed", strategy,
+           "--set", "micro_batch_size", str(micro), "--set", "grad_accum", str(accum),
+           "--set", "checkpoint_interval", "0", "--set", "optim.fused", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out_dir / "losses.json").read_text())
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from unimask.model import load_checkpoint
+
+    model, _, _ = load_checkpoint(run / "checkpoints" / "step_00000004")
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_rank_at_same_global_batch(tmp_path, strategy) -> None:
+    from unimask.tokenizer import train_tokenizer
+
+    train_tokenizer(stdlib_texts(), vocab_size=512).save(tmp_path / "tok" / "tokenizer.json")
+    single = _run(tmp_path / "single", 1, "ddp", micro=2, accum=2)
+    double = _run(tmp_path / "double", 2, strategy, micro=1, accum=2)
+    assert len(single) == len(double) == 4
+    assert double == pytest.approx(single, abs=2e-5)
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "double")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=5e-5, rtol=1e-4)
