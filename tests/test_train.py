@@ -255,3 +255,49 @@ def test_cli_train_with_overrides(tmp_path, tiny_tokenizer, monkeypatch) -> None
     assert (tmp_path / "cli" / "checkpoints" / "step_00000002").is_dir()
     res = runner.invoke(app, ["train", str(cfg), "--optim.lrr", "1"])
     assert res.exit_code == 2 and "lrr" in res.output
+
+
+# ---------------------------------------------------------------- validation loss
+def test_validation_loss_matches_hand_computation(tiny_tokenizer, windows) -> None:
+    import numpy as np
+
+    from unimask.evals.loss import validation_loss
+    from unimask.objectives import build_objective
+    from unimask.objectives.example import collate, example_loss
+    from unimask.train.trainer import build_model
+
+    cfg = tiny_config("unused")
+    torch.manual_seed(0)
+    model = build_model(cfg, tiny_tokenizer)
+    model.train()
+    causal = build_objective("causal", tiny_tokenizer)
+    raws = windows[:5]
+    out = validation_loss(model, raws, {"causal": causal}, tiny_tokenizer.pad_id, torch.device("cpu"), batch_size=2)
+    assert model.training  # mode restored
+    with torch.no_grad():
+        batch = collate([causal(r, np.random.default_rng([0, i])) for i, r in enumerate(raws)], tiny_tokenizer.pad_id)
+        model.eval()
+        want = example_loss(model(batch.input_ids, batch.attention), batch.labels, batch.loss_weights).mean()
+    assert out["causal"] == pytest.approx(float(want), rel=1e-5)
+    assert out["causal_ppl"] == pytest.approx(math.exp(float(want)), rel=1e-5)
+    doubled = validation_loss(model, raws, {"causal": causal}, tiny_tokenizer.pad_id, torch.device("cpu"),
+                              batch_size=5, reduce=lambda t: t * torch.tensor([3.0, 1.0], dtype=t.dtype))
+    assert doubled["causal"] == pytest.approx(3 * out["causal"], rel=1e-5)
+
+
+def test_packed_source_resumes_from_prepared_data(tmp_path, tiny_tokenizer_path) -> None:
+    from unimask.data import DataConfig, SourceConfig, TokenizerSettings, prepare_data
+    from unimask.train.sources import PackedSource
+
+    root = Path(sys.modules["json"].__file__).parent
+    cfg = DataConfig(sources=[SourceConfig(name="json", kind="glob", path=str(root), pattern="*.py")],
+                     tokenizer=TokenizerSettings(path=str(tiny_tokenizer_path)), out_dir=str(tmp_path / "d"),
+                     workers=0, val_fraction=0.2, max_docs=None)
+    data_dir = prepare_data(cfg, progress=False)
+    a = PackedSource(data_dir, "train", 16, seed=1)
+    [next(a) for _ in range(5)]
+    state = a.state_dict()
+    rest = [next(a).tokens for _ in range(7)]
+    b = PackedSource(data_dir, "train", 16, seed=1)
+    b.load_state_dict(state)
+    assert all(torch.equal(x, next(b).tokens) for x in rest)

@@ -38,29 +38,33 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_match_one_rank_at_same_global_batch(tmp_path, strategy) -> None:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Shared tokenizer and the single-process reference run (micro 2 x accum 2 = global batch 4)."""
     from unimask.tokenizer import train_tokenizer
 
-    train_tokenizer(stdlib_texts(), vocab_size=512).save(tmp_path / "tok" / "tokenizer.json")
-    single = _run(tmp_path / "single", 1, "ddp", micro=2, accum=2)
-    double = _run(tmp_path / "double", 2, strategy, micro=1, accum=2)
+    root = tmp_path_factory.mktemp("dist")
+    train_tokenizer(stdlib_texts(), vocab_size=512).save(root / "tok" / "tokenizer.json")
+    return root, _run(root / "single", 1, "ddp", micro=2, accum=2)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_rank_at_same_global_batch(runs, strategy) -> None:
+    root, single = runs
+    double = _run(root / f"double_{strategy}", 2, strategy, micro=1, accum=2)
     assert len(single) == len(double) == 4
     assert double == pytest.approx(single, abs=2e-5)
-    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "double")
+    a, b = _weights(root / "single"), _weights(root / f"double_{strategy}")
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=5e-5, rtol=1e-4)
 
 
-def test_resume_across_world_sizes(tmp_path) -> None:
-    """A 2-rank DDP run checkpointed at step 2 and resumed by 1 process matches a straight 1-process run."""
-    from unimask.tokenizer import train_tokenizer
-
-    train_tokenizer(stdlib_texts(), vocab_size=512).save(tmp_path / "tok" / "tokenizer.json")
-    straight = _run(tmp_path / "straight", 1, "ddp", micro=2, accum=2)
-    _run(tmp_path / "switched", 2, "ddp", micro=1, accum=2, steps=2)
-    resumed = _run(tmp_path / "switched", 1, "ddp", micro=2, accum=2)
+def test_resume_across_world_sizes(runs) -> None:
+    """A 2-rank DDP run checkpointed at step 2 and resumed by 1 process matches the straight 1-process run."""
+    root, straight = runs
+    _run(root / "switched", 2, "ddp", micro=1, accum=2, steps=2)
+    resumed = _run(root / "switched", 1, "ddp", micro=2, accum=2)
     assert resumed == pytest.approx(straight[2:], abs=2e-5)
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "switched")
+    a, b = _weights(root / "single"), _weights(root / "switched")
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=5e-5, rtol=1e-4)
