@@ -301,3 +301,19 @@ def test_packed_source_resumes_from_prepared_data(tmp_path, tiny_tokenizer_path)
     b = PackedSource(data_dir, "train", 16, seed=1)
     b.load_state_dict(state)
     assert all(torch.equal(x, next(b).tokens) for x in rest)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path, tiny_tokenizer, windows) -> None:
+    class TermAt(ListSource):
+        def __next__(self):
+            if self.i == 9:  # during step 3 (4 raw examples per step)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__next__()
+
+    cfg = tiny_config(tmp_path / "run", steps=50, checkpoint_interval=0)
+    before = signal.getsignal(signal.SIGTERM)
+    res = train(cfg, tokenizer=tiny_tokenizer, train_source=TermAt(windows))
+    assert res.step == 3 and res.checkpoint.name == "step_00000003"
+    assert signal.getsignal(signal.SIGTERM) == before
+    res = train(cfg, tokenizer=tiny_tokenizer, train_source=ListSource(windows))  # resumes and finishes
+    assert res.step == 50 and len(res.losses) == 47

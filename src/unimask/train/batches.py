@@ -56,11 +56,11 @@ class MicroBatches:
 
     def __init__(
         self, source: RawSource, objective: ObjectiveFn, pad_id: int, micro: int, accum: int,
-        rank: int = 0, world_size: int = 1, seed: int = 0, global_stream: bool = True,
+        rank: int = 0, world_size: int = 1, seed: int = 0, global_stream: bool = True, pad_to_multiple: int = 1,
     ) -> None:
         self.source, self.objective, self.pad_id = source, objective, pad_id
         self.micro, self.accum, self.rank, self.world_size = micro, accum, rank, world_size
-        self.seed, self.global_stream = seed, global_stream
+        self.seed, self.global_stream, self.pad_to_multiple = seed, global_stream, pad_to_multiple
         self.consumed = 0  # raw examples taken from the source (global count in global mode)
 
     def _rng(self, index: int) -> np.random.Generator:
@@ -81,7 +81,9 @@ class MicroBatches:
             if lo <= j < hi:
                 mine.append(self.objective(raw, self._rng(self.consumed + j)))
         self.consumed += n
-        return [collate(mine[i : i + self.micro], self.pad_id) for i in range(0, per_rank, self.micro)]
+        return [
+            collate(mine[i : i + self.micro], self.pad_id, self.pad_to_multiple) for i in range(0, per_rank, self.micro)
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {"source": self.source.state_dict(), "consumed": self.consumed}

@@ -42,6 +42,7 @@ class DataSection:
     max_len: int = 1024
     sharding: Literal["global", "rank"] = "global"
     tokenizer: str = ""
+    pad_to_multiple: int = 1  # e.g. 64 on GPU: fewer distinct shapes for torch.compile, aligned kernels
 
 
 @dataclass

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,13 +150,28 @@ class Trainer:
         self.val_raws = val_raws
         self.stream = MicroBatches(
             self.train_source, self.objective, self.tokenizer.pad_id, cfg.micro_batch_size, cfg.grad_accum,
-            self.info.rank, self.info.world_size, cfg.seed, self.global_stream,
+            self.info.rank, self.info.world_size, cfg.seed, self.global_stream, cfg.data.pad_to_multiple,
         )
+        self._check_lengths()
         self.step = 0
         self.tokens = 0
         self.total_steps = self._total_steps()
 
     # ------------------------------------------------------------------ set-up helpers
+    def _check_lengths(self) -> None:
+        """Fail before training if an objective's longest example would not fit the model."""
+        limit = getattr(getattr(self.raw_model, "config", None), "max_seq_len", None)
+        max_length = getattr(self.objective, "max_length", None)
+        if limit is None or max_length is None:
+            return
+        n = self.cfg.data.seq_len if self.cfg.data.kind == "packed" else self.cfg.data.max_len
+        need = max_length(n)
+        if need > limit:
+            raise ConfigError(
+                f"objectives produce examples of up to {need} tokens from inputs of {n}, but the model's "
+                f"max_seq_len is {limit}; lower data.seq_len/data.max_len or raise model.overrides.max_seq_len"
+            )
+
     def _make_source(self, split: str, finite: bool = False) -> Any:
         from unimask.train.sources import PackedSource, TrajectorySource
 
@@ -304,6 +321,11 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         raws = self._val_raws()
         if not raws:
+            if self.info.is_main and not getattr(self, "_warned_no_val", False):
+                from unimask.cli_utils import console
+
+                console.print("[yellow]warning:[/] eval_interval > 0 but there is no validation data; skipping evals")
+                self._warned_no_val = True
             return {}
         per = len(raws) // self.info.world_size
         lo = self.info.rank * per
@@ -342,6 +364,7 @@ class Trainer:
                                tensorboard=cfg.tensorboard, progress=cfg.progress)
         result = TrainResult(self.step, self.out_dir, resume_from)
         last_saved = self.step if resume_from is not None else -1
+        stop = _StopFlag()
         try:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
@@ -377,12 +400,39 @@ class Trainer:
                 if cfg.checkpoint_interval > 0 and self.step % cfg.checkpoint_interval == 0:
                     result.checkpoint = self.save()
                     last_saved = self.step
+                if stop.requested(self.info, self.device):
+                    break  # SIGTERM/SIGINT: checkpoint below, then return; rerun to resume
             if last_saved != self.step:
                 result.checkpoint = self.save()
         finally:
+            stop.restore()
             logger.close()
         result.step, result.tokens = self.step, self.tokens
         return result
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT (preemption, Ctrl-C) end the run after the current step with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def requested(self, info: Any, device: torch.device) -> bool:
+        if not info.enabled:
+            return self.flag
+        t = torch.tensor([float(self.flag)], device=device)
+        return bool(all_reduce_mean(t, info) > 0)  # every rank stops at the same step
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_plain_causal(batch: Batch) -> bool:
