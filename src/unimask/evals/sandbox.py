@@ -199,7 +199,14 @@ if drop:
     os.setgid(cfg["uid"])
     os.setuid(cfg["uid"])
 elif not is_root:
-    setlim(resource.RLIMIT_NPROC, lim["max_processes"])
+    # RLIMIT_NPROC counts every process of the uid, so allow the ones that already exist.
+    mine = 0
+    for d in os.listdir("/proc"):
+        try:
+            mine += d.isdigit() and os.stat("/proc/" + d).st_uid == os.getuid()
+        except OSError:
+            pass
+    setlim(resource.RLIMIT_NPROC, mine + lim["max_processes"])
 setlim(resource.RLIMIT_AS, lim["memory_mb"] << 20)
 _own_pgid = os.getpgid(0)
 _net_ns = ns
