@@ -80,6 +80,12 @@ def test_output_flood_is_truncated():
     assert len(r.stdout) < 5100
 
 
+def test_truncation_keeps_the_end_of_the_output():
+    r = run_python("for i in range(50000): print(i)\nprint('THE END')", SandboxLimits(max_output_bytes=4000))
+    assert r.status == "ok" and r.truncated
+    assert r.stdout.startswith("0\n1\n") and r.stdout.rstrip().endswith("THE END") and len(r.stdout) < 4200
+
+
 def test_fork_bomb_contained_and_leaves_nothing_behind():
     marker = f"unimask-bomb-{uuid.uuid4().hex}"
     src = (

@@ -10,6 +10,7 @@ unbiased pass@k estimator of Chen et al. (2021).
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -102,11 +103,15 @@ def run_tasks(
         if len(gens) != len(chunk):
             raise RuntimeError(f"backbone returned {len(gens)} generations for {len(chunk)} prompts")
         completions = [postprocess(g.text) if postprocess else g.text for g in gens]
-        results = run_many([t.program(c) for (t, _), c in zip(chunk, completions, strict=True)], limits, workers)
+        # A completion could exit(0) before the tests finish: a pass also needs the unguessable
+        # nonce printed after the check call.
+        nonce = secrets.token_hex(16)
+        programs = [t.program(c) + f"\nprint({nonce!r})\n" for (t, _), c in zip(chunk, completions, strict=True)]
+        results = run_many(programs, limits, workers)
         for (task, sample), gen, comp, res in zip(chunk, gens, completions, results, strict=True):
             rec = {
                 "task_id": task.task_id, "sample": sample, "completion": comp, "raw": gen.text,
-                "passed": res.passed, "status": res.status, "exit_code": res.exit_code,
+                "passed": res.passed and nonce in res.stdout, "status": res.status, "exit_code": res.exit_code,
                 "stderr": _tail(res.stderr), "nfe": gen.nfe, "gen_time": gen.wall_time,
                 "exec_time": res.wall_time, "stop_reason": gen.stop_reason, **task.meta,
             }

@@ -269,25 +269,41 @@ def _interpreter_paths() -> dict[str, list[str]]:
 
 
 class _Drain(threading.Thread):
-    """Read a pipe to EOF keeping the first ``limit`` bytes, so a flood never fills memory."""
+    """Read a pipe to EOF keeping its first and last bytes (``limit`` in all), so a flood never
+    fills memory and the end of the output (a final verdict line) survives truncation."""
 
     def __init__(self, stream, limit: int) -> None:
         super().__init__(daemon=True)
-        self.stream, self.limit = stream, limit
-        self.buf = bytearray()
-        self.truncated = False
+        self.stream = stream
+        self.tail_limit = min(4096, limit // 4)
+        self.head_limit = limit - self.tail_limit
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped > 0
 
     def run(self) -> None:
-        while chunk := self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536):
-            room = self.limit - len(self.buf)
+        while chunk := self.stream.read1(65536):
+            room = self.head_limit - len(self.head)
             if room > 0:
-                self.buf += chunk[:room]
-            if len(chunk) > room:
-                self.truncated = True
+                self.head += chunk[:room]
+                chunk = chunk[room:]
+            if chunk:
+                self.tail += chunk
+                extra = len(self.tail) - self.tail_limit
+                if extra > 0:
+                    self.dropped += extra
+                    del self.tail[:extra]
 
     def text(self) -> str:
-        s = self.buf.decode("utf-8", errors="replace")
-        return s + "\n[... output truncated ...]" if self.truncated else s
+        if not self.dropped:
+            return (self.head + self.tail).decode("utf-8", errors="replace")
+        head = self.head.decode("utf-8", errors="replace")
+        tail = self.tail.decode("utf-8", errors="replace")
+        return f"{head}\n[... {self.dropped} bytes truncated ...]\n{tail}"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
