@@ -59,12 +59,17 @@ def test_two_ranks_match_one_rank_at_same_global_batch(runs, strategy) -> None:
         torch.testing.assert_close(b[k], a[k], atol=5e-5, rtol=1e-4)
 
 
-def test_resume_across_world_sizes(runs) -> None:
-    """A 2-rank DDP run checkpointed at step 2 and resumed by 1 process matches the straight 1-process run."""
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [(("ddp", 2), ("ddp", 1)), pytest.param(("fsdp", 2), ("fsdp", 2), marks=pytest.mark.slow)],
+)
+def test_resume_matches_straight_run(runs, first, then) -> None:
+    """Checkpoint at step 2, resume (DDP on 2 ranks -> 1 process; FSDP2 -> FSDP2) == straight 1-process run."""
     root, straight = runs
-    _run(root / "switched", 2, "ddp", micro=1, accum=2, steps=2)
-    resumed = _run(root / "switched", 1, "ddp", micro=2, accum=2)
+    run = root / f"resume_{first[0]}_{then[1]}"
+    _run(run, first[1], first[0], micro=4 // (2 * first[1]), accum=2, steps=2)
+    resumed = _run(run, then[1], then[0], micro=4 // (2 * then[1]), accum=2)
     assert resumed == pytest.approx(straight[2:], abs=2e-5)
-    a, b = _weights(root / "single"), _weights(root / "switched")
+    a, b = _weights(root / "single"), _weights(run)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=5e-5, rtol=1e-4)

@@ -92,7 +92,8 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
         raise ConfigError(f"model.overrides has unknown field {bad[0]!r}; ModelConfig fields: {', '.join(sorted(valid))}")
     from unimask.config import from_dict
 
-    mcfg = from_dict(type(mcfg), {**dataclasses.asdict(mcfg), **overrides}, prefix="model.overrides.")
+    base = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.init}
+    mcfg = from_dict(type(mcfg), {**base, **overrides}, prefix="model.overrides.")
     return Transformer(mcfg)
 
 
