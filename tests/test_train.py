@@ -138,45 +138,51 @@ def _finish(proc: subprocess.Popen) -> str:
     return out
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path) -> None:
-    straight = _finish(_child(tmp_path / "straight", 6))
-    assert "DONE" in straight
-    proc = _child(tmp_path / "killed", 6, "--sleep-after-save", "4")
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """An uninterrupted 6-step child run (checkpoints every 2 steps), the reference for resumes."""
+    root = tmp_path_factory.mktemp("resume")
+    assert "DONE" in _finish(_child(root / "straight", 6))
+    return root
+
+
+def test_sigkill_then_resume_is_bit_identical(straight) -> None:
+    root = straight
+    proc = _child(root / "killed", 6, "--sleep-after-save", "4")
     for line in proc.stdout:
         if line.startswith("SAVED 4"):
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert (tmp_path / "killed" / "checkpoints" / "step_00000004").is_dir()
-    _finish(_child(tmp_path / "killed", 6))  # resumes from step 4
-    a = _weights(tmp_path / "straight" / "checkpoints" / "step_00000006")
-    b = _weights(tmp_path / "killed" / "checkpoints" / "step_00000006")
+    assert (root / "killed" / "checkpoints" / "step_00000004").is_dir()
+    _finish(_child(root / "killed", 6))  # resumes from step 4
+    a = _weights(root / "straight" / "checkpoints" / "step_00000006")
+    b = _weights(root / "killed" / "checkpoints" / "step_00000006")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sa = torch.load(tmp_path / "straight/checkpoints/step_00000006/trainer_state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "killed/checkpoints/step_00000006/trainer_state.pt", weights_only=False)
+    sa = torch.load(root / "straight/checkpoints/step_00000006/trainer_state.pt", weights_only=False)
+    sb = torch.load(root / "killed/checkpoints/step_00000006/trainer_state.pt", weights_only=False)
     for pid, st_a in sa["optimizer"]["state"].items():
         assert torch.equal(st_a["exp_avg_sq"], sb["optimizer"]["state"][pid]["exp_avg_sq"])
     assert sa["ranks"][0]["data"] == sb["ranks"][0]["data"]
-    la = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
-    lb = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    la = (root / "straight" / "metrics.jsonl").read_text().splitlines()
+    lb = (root / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["loss"] for x in la] == [json.loads(x)["loss"] for x in lb]
 
 
-def test_kill_during_save_keeps_previous_checkpoint(tmp_path) -> None:
-    proc = _child(tmp_path / "run", 6, "--kill-in-save", "4")
+def test_kill_during_save_keeps_previous_checkpoint(straight) -> None:
+    run = straight / "torn"
+    proc = _child(run, 6, "--kill-in-save", "4")
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    root = tmp_path / "run" / "checkpoints"
-    assert (root / "step_00000002").is_dir() and not (root / "step_00000004").exists()
-    assert any(p.name.endswith(".tmp") for p in root.iterdir())  # the torn save stayed in its temp dir
-    weights = _weights(root / "step_00000002")
-    assert weights
-    _finish(_child(tmp_path / "run", 6))
-    assert not any(p.name.startswith(".") for p in root.iterdir())
-    _finish(_child(tmp_path / "straight", 6))
-    a = _weights(tmp_path / "straight" / "checkpoints" / "step_00000006")
-    b = _weights(root / "step_00000006")
+    ckpts = run / "checkpoints"
+    assert (ckpts / "step_00000002").is_dir() and not (ckpts / "step_00000004").exists()
+    assert any(p.name.endswith(".tmp") for p in ckpts.iterdir())  # the torn save stayed in its temp dir
+    assert _weights(ckpts / "step_00000002")
+    _finish(_child(run, 6))
+    assert not any(p.name.startswith(".") for p in ckpts.iterdir())
+    a = _weights(straight / "straight" / "checkpoints" / "step_00000006")
+    b = _weights(ckpts / "step_00000006")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
