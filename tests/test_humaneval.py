@@ -220,3 +220,22 @@ def test_all_canonical_single_line_middles_pass(tmp_path):
     bb = ScriptedBackbone(lambda p: mids[p] + special.EOM)
     s = run_infill(bb, tmp_path, InfillConfig(modes=["single-line"], batch_size=64), problems)
     assert s["modes"]["single-line"]["pass@1"] == 1.0
+
+
+def test_a_crash_mid_run_keeps_finished_batches(problems, tmp_path):
+    sol = {p["prompt"]: p["canonical_solution"] for p in problems}
+    calls = []
+
+    def flaky(prompt: str) -> str:
+        calls.append(prompt)
+        if len(calls) > 4:
+            raise RuntimeError("GPU fell over")
+        return sol[prompt]
+
+    with pytest.raises(RuntimeError, match="GPU fell over"):
+        run_humaneval(ScriptedBackbone(flaky), tmp_path, HumanEvalConfig(batch_size=2), problems)
+    kept = (tmp_path / SAMPLES_FILE).read_text().splitlines()
+    assert len(kept) == 4 and all(json.loads(x)["passed"] for x in kept)
+    bb = canonical(problems)
+    s = run_humaneval(bb, tmp_path, HumanEvalConfig(batch_size=2), problems)
+    assert bb.calls == N_PROBLEMS - 4 and s["pass@1"] == 1.0

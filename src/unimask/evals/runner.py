@@ -14,6 +14,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,15 @@ class ExecTask:
     reference: str | None = None  # the canonical completion, for exact match
     suffix: str | None = None  # infilling: the text after the hole (native ``infill`` backbones)
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    items: list[tuple[ExecTask, int]]
+    gens: list[Generation]
+    completions: list[str]
+    nonce: str
+    future: Future
 
 
 GenerateFn = Callable[[Sequence[ExecTask]], list[Generation]]
@@ -97,30 +107,47 @@ def run_tasks(
     total = len(tasks) * num_samples
     if on_progress:
         on_progress(total - len(todo), total)
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
-        gens = generate([t for t, _ in chunk])
-        if len(gens) != len(chunk):
-            raise RuntimeError(f"backbone returned {len(gens)} generations for {len(chunk)} prompts")
-        completions = [postprocess(g.text) if postprocess else g.text for g in gens]
-        # A completion could exit(0) before the tests finish: a pass also needs the unguessable
-        # nonce printed after the check call.
-        nonce = secrets.token_hex(16)
-        programs = [t.program(c) + f"\nprint({nonce!r})\n" for (t, _), c in zip(chunk, completions, strict=True)]
-        results = run_many(programs, limits, workers)
-        for (task, sample), gen, comp, res in zip(chunk, gens, completions, results, strict=True):
+    finished = total - len(todo)
+
+    def record(batch: _Batch) -> None:
+        nonlocal finished
+        results = batch.future.result()
+        for (task, sample), gen, comp, res in zip(batch.items, batch.gens, batch.completions, results, strict=True):
             rec = {
                 "task_id": task.task_id, "sample": sample, "completion": comp, "raw": gen.text,
-                "passed": res.passed and nonce in res.stdout, "status": res.status, "exit_code": res.exit_code,
-                "stderr": _tail(res.stderr), "nfe": gen.nfe, "gen_time": gen.wall_time,
+                "passed": res.passed and batch.nonce in res.stdout, "status": res.status,
+                "exit_code": res.exit_code, "stderr": _tail(res.stderr), "nfe": gen.nfe, "gen_time": gen.wall_time,
                 "exec_time": res.wall_time, "stop_reason": gen.stop_reason, **task.meta,
             }
             if task.reference is not None:
                 rec["exact_match"] = comp.strip() == task.reference.strip()
             done[(task.task_id, sample)] = rec
         _write_records(path, tasks, num_samples, done)
+        finished += len(batch.items)
         if on_progress:
-            on_progress(total - len(todo) + i + len(chunk), total)
+            on_progress(finished, total)
+
+    # One executor thread runs batch i's programs while the backbone generates batch i+1.
+    pending: _Batch | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="exec") as executor:
+        try:
+            for i in range(0, len(todo), batch_size):
+                items = todo[i : i + batch_size]
+                gens = generate([t for t, _ in items])
+                if len(gens) != len(items):
+                    raise RuntimeError(f"backbone returned {len(gens)} generations for {len(items)} prompts")
+                completions = [postprocess(g.text) if postprocess else g.text for g in gens]
+                # A completion could exit(0) before the tests finish: a pass also needs this
+                # unguessable nonce, printed after the check call.
+                nonce = secrets.token_hex(16)
+                programs = [t.program(c) + f"\nprint({nonce!r})\n" for (t, _), c in zip(items, completions, strict=True)]
+                batch = _Batch(items, gens, completions, nonce, executor.submit(run_many, programs, limits, workers))
+                if pending is not None:
+                    record(pending)
+                pending = batch
+        finally:
+            if pending is not None:  # keep the last executed batch even if generation failed
+                record(pending)
     return [done[(t.task_id, s)] for t in tasks for s in range(num_samples)]
 
 
