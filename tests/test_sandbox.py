@@ -192,3 +192,21 @@ def test_bad_limits_and_source_are_clear_errors():
 def test_stdout_roundtrip(text):
     r = run_python(f"print({text!r}, end='')")
     assert r.status == "ok" and r.stdout == text
+
+
+def test_fallback_without_namespaces_still_guards_network_signals_and_limits():
+    limits = SandboxLimits(wall_time=2.0, cpu_time=2, memory_mb=512, namespaces=False)
+    assert "net-namespace" not in run_python("pass", limits).isolation
+    me = os.getpid()
+    for src in (
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
+        f"import os; os.kill({me}, 9)",
+        "import os; os.killpg(1, 9)",
+        "import ctypes; ctypes.CDLL(None).socket(2, 1, 0)",
+    ):
+        r = run_python(src, limits)
+        assert r.status == "error" and "PermissionError" in r.stderr, (src, r.stderr[-300:])
+    assert run_python("while True: pass", limits).status == "timeout"
+    assert run_python("x = bytearray(4 << 30)", limits).status == "memory"
+    # AF_UNIX stays usable (multiprocessing pipes, socketpair).
+    assert run_python("import socket; a, b = socket.socketpair(); a.send(b'x'); print(b.recv(1))", limits).passed
