@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 from unimask.evals.humaneval import HumanEvalConfig, load_problems, run_humaneval, truncate_at_stops
 from unimask.evals.infill import (
+    PROMPTS,
     PUBLISHED_COUNTS,
     InfillConfig,
     build_tasks,
     clean_middle,
     codegen2_prompt,
     fim_prompt,
+    fim_spm_prompt,
     run_infill,
 )
 from unimask.evals.runner import SAMPLES_FILE, pass_at_k
@@ -156,6 +158,7 @@ def test_infill_tasks_reassemble_the_solution(problems):
 def test_prompt_formats():
     assert codegen2_prompt("A", "B") == f"A{special.sentinel(1)}B{special.EOS}{special.SEP}{special.sentinel(1)}"
     assert fim_prompt("A", "B") == f"{special.FIM_PREFIX}A{special.FIM_SUFFIX}B{special.FIM_MIDDLE}"
+    assert fim_spm_prompt("A", "B") == f"{special.FIM_PREFIX}{special.FIM_SUFFIX}B{special.FIM_MIDDLE}A"
     assert clean_middle(f"x = 1\n{special.EOM}junk", "codegen2", "multi-line") == "x = 1\n"
     assert clean_middle("x = 1\ny = 2\n", "fim", "single-line") == "x = 1\n"
     assert clean_middle("x = 1\ny = 2\n", "fim", "multi-line") == "x = 1\ny = 2\n"
@@ -165,11 +168,11 @@ def _middle_lookup(problems: list[dict], fmt: str) -> dict[str, str]:
     out = {}
     for mode in PUBLISHED_COUNTS:
         for t in build_tasks(problems, mode):
-            out[codegen2_prompt(t.prefix, t.suffix) if fmt == "codegen2" else fim_prompt(t.prefix, t.suffix)] = t.middle
+            out[PROMPTS[fmt](t.prefix, t.suffix)] = t.middle
     return out
 
 
-@pytest.mark.parametrize("fmt", ["codegen2", "fim"])
+@pytest.mark.parametrize("fmt", ["codegen2", "fim", "fim-spm"])
 def test_canonical_middles_pass_and_match(small, tmp_path, fmt):
     few = small
     mids = _middle_lookup(few, fmt)

@@ -110,7 +110,7 @@ def infill_command(
     checkpoint: str = typer.Argument(..., help="our checkpoint dir or a local Hugging Face model dir"),
     output: Path = typer.Option(Path("eval_out/humaneval-infill"), "--output", "-o", help="results dir"),
     limit: int = typer.Option(None, "--limit", help="first N problems only"),
-    fmt: str = typer.Option("codegen2", "--format", help="codegen2 | fim | native"),
+    fmt: str = typer.Option("codegen2", "--format", help="codegen2 | fim | fim-spm | native"),
     modes: str = typer.Option("single-line,multi-line,random-span", "--modes"),
     config: Path = typer.Option(None, "--config", help="YAML/TOML with InfillConfig keys"),
     device: str = typer.Option("auto", "--device"),

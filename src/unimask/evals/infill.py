@@ -9,7 +9,8 @@ The prefix is the problem prompt plus the solution before the hole, the suffix t
 it. A completion passes when ``prefix + middle + suffix + test + check(entry_point)`` runs cleanly;
 exact match compares the stripped middle with the canonical one. Prompt formats: ``codegen2``
 (``prefix <mask_1> suffix <|endoftext|> <sep> <mask_1>`` -> middle ``<eom>``), ``fim`` (PSM with
-``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>``) and ``native`` (the backbone's own ``infill``).
+``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>``), ``fim-spm`` (SPM) and ``native`` (the backbone's
+own ``infill(prefixes, suffixes, ...)``, e.g. a diffusion model filling a masked span).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from unimask.sampling.backbone import Backbone, Generation
 from unimask.tokenizer import special
 
 MODES = ("single-line", "multi-line", "random-span")
-FORMATS = ("codegen2", "fim", "native")
+FORMATS = ("codegen2", "fim", "fim-spm", "native")
 PUBLISHED_COUNTS = {"single-line": 1033, "multi-line": 5815, "random-span": 1640}
 
 
@@ -95,8 +96,14 @@ def fim_prompt(prefix: str, suffix: str) -> str:
     return f"{special.FIM_PREFIX}{prefix}{special.FIM_SUFFIX}{suffix}{special.FIM_MIDDLE}"
 
 
-PROMPTS: dict[str, Callable[[str, str], str]] = {"codegen2": codegen2_prompt, "fim": fim_prompt}
-STOPS = {"codegen2": [special.EOM, special.EOS], "fim": [special.EOS, special.EOM], "native": [special.EOS]}
+def fim_spm_prompt(prefix: str, suffix: str) -> str:
+    """SPM ordering (Bavarian et al. 2022): the suffix first, then the prefix right before the middle."""
+    return f"{special.FIM_PREFIX}{special.FIM_SUFFIX}{suffix}{special.FIM_MIDDLE}{prefix}"
+
+
+PROMPTS: dict[str, Callable[[str, str], str]] = {"codegen2": codegen2_prompt, "fim": fim_prompt, "fim-spm": fim_spm_prompt}
+STOPS = {"codegen2": [special.EOM, special.EOS], "fim": [special.EOS, special.EOM], "fim-spm": [special.EOS, special.EOM],
+         "native": [special.EOS]}
 
 
 def clean_middle(text: str, fmt: str, mode: str, single_line: bool = True) -> str:
@@ -118,7 +125,7 @@ class InfillConfig:
     """Settings of ``unimask eval humaneval-infill``."""
 
     modes: list[str] = field(default_factory=lambda: ["single-line", "multi-line", "random-span"])
-    format: str = "codegen2"  # codegen2 | fim | native
+    format: str = "codegen2"  # codegen2 | fim | fim-spm | native
     max_new_tokens: int = 128
     batch_size: int = 8
     temperature: float = 0.0
