@@ -83,3 +83,25 @@ def test_clear_errors(app, tmp_path):
     assert code == 2 and "num_sampels" in out
     code, out = run("humaneval-infill", str(tmp_path), "--modes", "two-line", "--output", str(tmp_path / "o"))
     assert code == 2 and "infilling mode" in out
+
+
+def test_loss_command_wiring(app, tmp_path, monkeypatch):
+    import unimask.evals.loss as loss
+
+    seen = {}
+
+    def fake(checkpoint, data_dir, objectives, seq_len, num_examples, batch_size, seed, device):
+        seen.update(checkpoint=checkpoint, data=str(data_dir), objectives=list(objectives), seq_len=seq_len)
+        return {o: 2.0 + i for i, o in enumerate(objectives)} | {f"{o}_ppl": 7.389 for o in objectives}
+
+    monkeypatch.setattr(loss, "checkpoint_validation_loss", fake)
+    out = tmp_path / "loss.json"
+    res = CliRunner().invoke(app, ["eval", "loss", "CKPT", "--data", str(tmp_path), "--objectives",
+                                   "causal, span_corruption", "--seq-len", "64", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    assert seen == {"checkpoint": "CKPT", "data": str(tmp_path), "objectives": ["causal", "span_corruption"],
+                    "seq_len": 64}
+    assert json.loads(out.read_text())["span_corruption"] == 3.0
+    assert "span_corruption" in res.output and "causal" in res.output
+    res = CliRunner().invoke(app, ["eval", "loss", "CKPT", "--data", str(tmp_path), "--objectives", " , "])
+    assert res.exit_code == 2 and "objectives" in res.output
