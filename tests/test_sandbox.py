@@ -133,6 +133,16 @@ def test_writing_outside_the_workdir_fails(tmp_path):
     assert not r.passed and not os.path.exists("/tmp/unimask-escape-probe.txt")
 
 
+def test_disk_use_is_capped():
+    if "tmpfs-workdir" not in _layers():
+        pytest.skip("no mount namespace here: only RLIMIT_FSIZE (per file) bounds disk use")
+    src = "for i in range(100):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))\nprint('wrote it all')"
+    r = run_python(src, SandboxLimits(max_disk_mb=8, max_file_mb=4))
+    assert r.status == "error" and "No space left" in r.stderr
+    r = run_python("open('big', 'wb').write(b'x' * (8 << 20))", SandboxLimits(max_disk_mb=64, max_file_mb=4))
+    assert not r.passed  # SIGXFSZ or EFBIG past RLIMIT_FSIZE
+
+
 def test_network_is_unreachable():
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))

@@ -47,13 +47,14 @@ class SandboxLimits:
     memory_mb: int = 1024  # RLIMIT_AS of the user code, MiB
     max_processes: int = 32  # RLIMIT_NPROC (per sandbox uid; enforced only when running as root)
     max_file_mb: int = 16  # RLIMIT_FSIZE: the largest file the code may write, MiB
+    max_disk_mb: int = 64  # size of the tmpfs working directory (when mount namespaces are available)
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output_bytes: int = 64_000  # stdout and stderr each truncated to this many bytes
     namespaces: bool = True  # use PID/network/mount namespaces when the kernel allows it
     drop_privileges: bool = True  # when root, run the code as a throwaway unprivileged uid
 
     def __post_init__(self) -> None:
-        for name in ("wall_time", "cpu_time", "memory_mb", "max_processes", "max_file_mb",
+        for name in ("wall_time", "cpu_time", "memory_mb", "max_processes", "max_file_mb", "max_disk_mb",
                      "max_open_files", "max_output_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be > 0, got {getattr(self, name)!r}")
@@ -149,7 +150,27 @@ if ns:
         can_drop = hidden
         if hidden:
             layers.append("hidden:" + ",".join(cfg["hide"]))
-    if private and mount(work, work, None, MS_BIND | MS_REC) == 0:
+    # The working directory becomes a size-capped tmpfs holding a copy of the script, so the code
+    # can neither fill the host's disk nor leave anything behind it.
+    workdir_ok = False
+    if private:
+        with open(cfg["script"], "rb") as f:
+            script_bytes = f.read()
+        opts = "size=%dm,mode=700" % cfg["limits"]["max_disk_mb"]
+        if mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, opts) == 0:
+            os.umask(0o077)
+            os.mkdir(os.path.join(work, "home"))
+            os.mkdir(os.path.join(work, "tmp"))
+            with open(cfg["script"], "wb") as f:
+                f.write(script_bytes)
+            if is_root and cfg["uid"] is not None:
+                for name in ("", "home", "tmp", "main.py"):
+                    os.chown(os.path.join(work, name), cfg["uid"], cfg["uid"])
+            layers.append("tmpfs-workdir")
+            workdir_ok = True
+        else:
+            workdir_ok = mount(work, work, None, MS_BIND | MS_REC) == 0
+    if workdir_ok:
         points = []
         with open("/proc/self/mountinfo") as f:
             for line in f:
