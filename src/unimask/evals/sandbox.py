@@ -97,8 +97,24 @@ can_drop = not cfg["hide"]  # the uid switch needs the interpreter readable by a
 ns = False
 if cfg["namespaces"]:
     flags = NEWNS | NEWPID | NEWNET
-    if libc.unshare(flags if is_root else flags | NEWUSER) == 0:
-        ns = True
+    if is_root:
+        ns = libc.unshare(flags) == 0
+    else:
+        uid, gid = os.getuid(), os.getgid()
+        if libc.unshare(flags | NEWUSER) == 0:
+            # Map our own uid/gid into the new user namespace (unmapped ids cannot create files).
+            try:
+                with open("/proc/self/setgroups", "w") as f:
+                    f.write("deny")
+                with open("/proc/self/uid_map", "w") as f:
+                    f.write("%d %d 1" % (uid, uid))
+                with open("/proc/self/gid_map", "w") as f:
+                    f.write("%d %d 1" % (gid, gid))
+            except OSError:
+                pass
+            ns = True
+            layers.append("user-namespace")
+    if ns:
         layers += ["pid-namespace", "net-namespace", "mount-namespace"]
 
 def mount(src, target, fstype, flags, data=None):
@@ -158,17 +174,20 @@ if ns:
             script_bytes = f.read()
         opts = "size=%dm,mode=700" % cfg["limits"]["max_disk_mb"]
         if mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, opts) == 0:
-            os.umask(0o077)
-            os.mkdir(os.path.join(work, "home"))
-            os.mkdir(os.path.join(work, "tmp"))
-            with open(cfg["script"], "wb") as f:
-                f.write(script_bytes)
-            if is_root and cfg["uid"] is not None:
-                for name in ("", "home", "tmp", "main.py"):
-                    os.chown(os.path.join(work, name), cfg["uid"], cfg["uid"])
-            layers.append("tmpfs-workdir")
-            workdir_ok = True
-        else:
+            try:
+                os.umask(0o077)
+                os.mkdir(os.path.join(work, "home"))
+                os.mkdir(os.path.join(work, "tmp"))
+                with open(cfg["script"], "wb") as f:
+                    f.write(script_bytes)
+                if is_root and cfg["uid"] is not None:
+                    for name in ("", "home", "tmp", "main.py"):
+                        os.chown(os.path.join(work, name), cfg["uid"], cfg["uid"])
+                layers.append("tmpfs-workdir")
+                workdir_ok = True
+            except OSError:
+                libc.umount2(work.encode(), 2)  # MNT_DETACH: back to the host directory
+        if not workdir_ok:
             workdir_ok = mount(work, work, None, MS_BIND | MS_REC) == 0
     if workdir_ok:
         points = []
@@ -386,7 +405,7 @@ def run_python(source: str, limits: SandboxLimits | None = None, stdin: str = ""
         err.join(timeout=2.0)
         wall = time.perf_counter() - t0
         report = _parse_status(status_raw)
-        return _classify(report, timed_out, out, err, wall, limits)
+        return _classify(report, timed_out, proc.returncode, out, err, wall, limits)
     finally:
         if wfd >= 0:
             os.close(wfd)
@@ -447,17 +466,22 @@ def _parse_status(raw: bytes) -> dict | None:
     return None
 
 
-def _classify(report: dict | None, timed_out: bool, out: _Drain, err: _Drain, wall: float,
-              limits: SandboxLimits) -> SandboxResult:
+def _classify(report: dict | None, timed_out: bool, returncode: int | None, out: _Drain, err: _Drain,
+              wall: float, limits: SandboxLimits) -> SandboxResult:
     stdout, stderr = out.text(), err.text()
     truncated = out.truncated or err.truncated
     layers = ["process-group", "wall-timeout", "temp-workdir"] + (report["layers"] if report else [])
-    if timed_out or report is None:
-        return SandboxResult("timeout" if timed_out else "killed", stdout, stderr, None, wall, truncated, layers)
+    if timed_out:
+        return SandboxResult("timeout", stdout, stderr, None, wall, truncated, layers)
+    if report is None:
+        # The launcher died before reporting: killed by the code (no PID namespace), or the set-up
+        # itself failed (its traceback is in stderr).
+        status: Status = "killed" if returncode is None or returncode < 0 else "error"
+        return SandboxResult(status, stdout, stderr, returncode, wall, truncated, layers)
     st = report["user"]
     code = -os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st)
     if code == 0:
-        status: Status = "ok"
+        status = "ok"
     elif code == -24 or (code == -9 and wall >= limits.cpu_time):  # SIGXCPU / CPU hard limit
         status = "timeout"
     elif "MemoryError" in stderr[-2000:]:
