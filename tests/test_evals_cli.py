@@ -105,3 +105,16 @@ def test_loss_command_wiring(app, tmp_path, monkeypatch):
     assert "span_corruption" in res.output and "causal" in res.output
     res = CliRunner().invoke(app, ["eval", "loss", "CKPT", "--data", str(tmp_path), "--objectives", " , "])
     assert res.exit_code == 2 and "objectives" in res.output
+
+
+def test_sandbox_check_command(app):
+    from unimask.evals.sandbox import run_python
+
+    res = CliRunner().invoke(app, ["eval", "sandbox-check"])
+    text = " ".join(res.output.split())
+    assert "isolation layers in force" in text and "fork bomb" in text and "kill the harness" in text
+    full = {"pid-namespace", "net-namespace", "mount-namespace"} <= set(run_python("pass").isolation)
+    if full:  # with every layer available, every hostile program must be contained
+        assert res.exit_code == 0 and "NO" not in text, res.output
+    else:
+        assert res.exit_code in (0, 1)

@@ -158,9 +158,30 @@ def loss_command(
             atomic_write_text(output, json.dumps(res, indent=2) + "\n")
 
 
+def sandbox_check_command() -> None:
+    """Report the sandbox's isolation layers on this machine and run a short hostile battery."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from unimask.evals.sandbox_check import run_checks
+
+    layers, results = run_checks()
+    out = Console()
+    out.print("isolation layers in force: " + ", ".join(layers))
+    table = Table(title="sandbox hostile battery")
+    for col in ("program", "contained", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, "[green]yes[/]" if r.contained else "[bold red]NO[/]", r.detail)
+    out.print(table)
+    if not all(r.contained for r in results):
+        raise typer.Exit(1)
+
+
 def register(root: typer.Typer) -> None:
     """Mount this package's commands on the root app."""
     eval_app.command("humaneval", context_settings=OVERRIDES)(humaneval_command)
     eval_app.command("humaneval-infill", context_settings=OVERRIDES)(infill_command)
     eval_app.command("loss")(loss_command)
+    eval_app.command("sandbox-check")(sandbox_check_command)
     root.add_typer(eval_app, name="eval")
