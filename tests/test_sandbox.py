@@ -218,5 +218,10 @@ def test_fallback_without_namespaces_still_guards_network_signals_and_limits():
         assert r.status == "error" and "PermissionError" in r.stderr, (src, r.stderr[-300:])
     assert run_python("while True: pass", limits).status == "timeout"
     assert run_python("x = bytearray(4 << 30)", limits).status == "memory"
-    # AF_UNIX stays usable (multiprocessing pipes, socketpair).
+    # AF_UNIX stays usable (multiprocessing pipes, socketpair, local servers); name lookups do not.
     assert run_python("import socket; a, b = socket.socketpair(); a.send(b'x'); print(b.recv(1))", limits).passed
+    unix = ("import socket\ns = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(1)\n"
+            "c = socket.socket(socket.AF_UNIX); c.connect('sock'); a, _ = s.accept(); c.sendall(b'hey')\n"
+            "print(a.recv(3))")
+    assert run_python(unix, limits).stdout.strip() == "b'hey'"
+    assert "PermissionError" in run_python("import socket; socket.gethostbyname('localhost')", limits).stderr

@@ -256,7 +256,10 @@ def _guard(event, args):
         family = args[1] if len(args) > 1 else None
         if family != 1:  # AF_UNIX stays available (local pipes); every network family is refused
             raise PermissionError("network access is disabled in the sandbox")
-    elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo"):
+    elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
+        if getattr(args[0], "family", None) != 1:
+            raise PermissionError("network access is disabled in the sandbox")
+    elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"):
         raise PermissionError("network access is disabled in the sandbox")
     elif event in ("os.kill", "os.killpg"):
         pid = args[0]
