@@ -1,0 +1,38 @@
+"""``ModelConfig``: the shape of the one unimask transformer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8192
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None = n_heads (plain multi-head); fewer = grouped-query attention
+    d_ff: int | None = None  # None = SwiGLU's 8/3 * d_model rounded up to a multiple of 64
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attn_impl: Literal["sdpa", "flex"] = "sdpa"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.n_kv_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for RoPE")
+        if self.d_ff is None:
+            self.d_ff = -(-int(8 * self.d_model / 3) // 64) * 64
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads

@@ -1,0 +1,250 @@
+"""The unimask transformer: a pre-norm decoder (RMSNorm, RoPE, SwiGLU, optional GQA).
+
+It knows nothing of objectives: every call takes an ``AttentionStructure`` (who may attend to
+whom, and RoPE positions) and returns logits. A ``KVCache`` makes decoding incremental for
+AR and block-causal (block diffusion) decoding: new tokens attend to the cached keys plus
+themselves under the same structure rule, optionally without being stored (``commit=False``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from unimask.model.attention import AttentionStructure
+from unimask.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * self.weight.float()).type_as(x)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin ``[B, 1, T, head_dim]`` for integer positions ``[B, T]`` (half-split layout, as Llama)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Pre-allocated per-layer keys/values plus the attention fields of the cached tokens."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.length = 0
+        self.structure: AttentionStructure | None = None  # fields of the cached tokens
+
+    def truncate(self, n: int) -> None:
+        """Forget everything after the first ``n`` cached tokens."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
+        self.length = n
+        self.structure = None if n == 0 or self.structure is None else self.structure[:n]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (e.g. drop finished sequences)."""
+        self.k = [k[index] for k in self.k]
+        self.v = [v[index] for v in self.v]
+        if self.structure is not None:
+            s = self.structure
+            self.structure = AttentionStructure(
+                s.doc_ids[index], s.block_ids[index], s.noisy[index], s.position_ids[index]
+            )
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+        layer: int,
+        commit: bool,
+        block_mask: object | None = None,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            if start + T > cache.max_len:
+                raise ValueError(f"KV cache overflow: {start}+{T} tokens > max_len {cache.max_len}")
+            if commit:
+                cache.k[layer][:, :, start : start + T] = k
+                cache.v[layer][:, :, start : start + T] = v
+                k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
+            else:
+                k = torch.cat([cache.k[layer][:, :, :start], k], dim=2)
+                v = torch.cat([cache.v[layer][:, :, :start], v], dim=2)
+        if block_mask is not None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            out = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=cfg.n_kv_heads != cfg.n_heads)
+        else:
+            if cfg.n_kv_heads != cfg.n_heads:
+                rep = cfg.n_heads // cfg.n_kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, is_causal: bool,
+                cache: KVCache | None, layer: int, commit: bool, block_mask: object | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, is_causal, cache, layer, commit, block_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """``logits = model(input_ids, attention=None, kv_cache=None, commit=True)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.activation_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # GPT-2 style: shrink residual-branch outputs with depth.
+                s = std / (2 * self.cfg.n_layers) ** 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                nn.init.normal_(p, mean=0.0, std=s)
+            else:
+                nn.init.ones_(p)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.activation_checkpointing = enabled
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embeddings else n
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        p = self.embed.weight
+        return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, dtype or p.dtype)
+
+    # ------------------------------------------------------------------ attention plumbing
+    def _structure(self, B: int, T: int, attention: AttentionStructure | None, cache: KVCache | None,
+                   device: torch.device) -> AttentionStructure | None:
+        """The structure over all keys (cached + new); None means plain causal without cache."""
+        start = cache.length if cache is not None else 0
+        if attention is None:
+            if cache is None:
+                return None
+            new = AttentionStructure.causal(B, T, device)
+            new = AttentionStructure(new.doc_ids, new.block_ids + start, new.noisy, new.position_ids + start)
+            return new if cache.structure is None or start == 0 else AttentionStructure.cat([cache.structure, new])
+        if attention.seq_len == T and start > 0:
+            if cache.structure is None:
+                raise ValueError("the cache holds tokens without structure; pass the full structure")
+            attention = AttentionStructure.cat([cache.structure, attention])
+        if attention.seq_len != start + T:
+            raise ValueError(
+                f"attention covers {attention.seq_len} tokens but the keys are {start} cached + {T} new; "
+                "pass a structure for the new tokens or for all keys"
+            )
+        if attention.batch_size != B:
+            raise ValueError(f"attention batch size {attention.batch_size} != input batch size {B}")
+        return attention
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention: AttentionStructure | None = None,
+        kv_cache: KVCache | None = None,
+        commit: bool = True,
+    ) -> Tensor:
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids is empty")
+        device = input_ids.device
+        start = kv_cache.length if kv_cache is not None else 0
+        structure = self._structure(B, T, attention, kv_cache, device)
+        x = self.embed(input_ids)
+        if structure is None:
+            if T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            positions = torch.arange(T, device=device).expand(B, T)
+            mask, is_causal, block_mask = None, True, None
+        else:
+            positions = structure.position_ids[:, start:]
+            if int(positions.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
+            mask, is_causal, block_mask = None, False, None
+            if self.cfg.attn_impl == "flex" and kv_cache is None:
+                from unimask.model.flex import build_block_mask
+
+                block_mask = build_block_mask(structure, q_len=T, q_offset=start)
+            else:
+                mask = structure.dense_mask(slice(start, start + T))
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for i, layer in enumerate(self.layers):
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, is_causal, kv_cache, i, commit, block_mask,
+                               use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, is_causal, kv_cache, i, commit, block_mask)
+        if kv_cache is not None and commit:
+            kv_cache.length = start + T
+            kv_cache.structure = structure
+        return self.lm_head(self.norm(x))
