@@ -15,6 +15,7 @@ own ``infill(prefixes, suffixes, ...)``, e.g. a diffusion model filling a masked
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ def build_tasks(problems: Sequence[dict], mode: str, seed: int = 0, spans_per_pr
         sol = p["canonical_solution"]
         holes: list[tuple[int, int]]
         if mode == "random-span":
-            rng = np.random.default_rng([seed, int(p["task_id"].rsplit("/", 1)[-1]) if "/" in p["task_id"] else 0])
+            rng = np.random.default_rng([seed, zlib.crc32(p["task_id"].encode())])  # stable per task
             holes = []
             for _ in range(spans_per_problem):
                 a, b = sorted(int(x) for x in rng.integers(0, len(sol) + 1, size=2))
