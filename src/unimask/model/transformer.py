@@ -231,7 +231,9 @@ class Transformer(nn.Module):
             if int(positions.max()) >= self.cfg.max_seq_len:
                 raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
             mask, is_causal, block_mask = None, False, None
-            if self.cfg.attn_impl == "flex" and kv_cache is None:
+            # flex_attention has no CPU backward: train on CPU through SDPA (same numbers, tested).
+            use_flex = self.cfg.attn_impl == "flex" and kv_cache is None
+            if use_flex and not (device.type == "cpu" and torch.is_grad_enabled()):
                 from unimask.model.flex import build_block_mask
 
                 block_mask = build_block_mask(structure, q_len=T, q_offset=start)
