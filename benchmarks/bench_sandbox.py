@@ -35,19 +35,25 @@ def main() -> None:
     for _ in range(args.runs):
         assert run_python(src).status == "ok"
     boxed = (time.perf_counter() - t0) / args.runs
-    print(f"bare python -I: {1000 * bare:.1f} ms/run   sandbox: {1000 * boxed:.1f} ms/run   "
-          f"ratio sandbox/bare: {boxed / bare:.2f}x   layers: {run_python('pass').isolation}")
+    print(
+        f"bare python -I: {1000 * bare:.1f} ms/run   sandbox: {1000 * boxed:.1f} ms/run   "
+        f"ratio sandbox/bare: {boxed / bare:.2f}x   layers: {run_python('pass').isolation}"
+    )
 
     problems = load_problems(limit=args.problems)
-    programs = [t.program(p["canonical_solution"]) for t, p in zip(humaneval_tasks(problems), problems, strict=True)]
+    programs = [
+        t.program(p["canonical_solution"]) for t, p in zip(humaneval_tasks(problems), problems, strict=True)
+    ]
     rates = {}
     for w in (1, args.workers):
         t0 = time.perf_counter()
         rs = run_many(programs, SandboxLimits(wall_time=5), workers=w)
         rates[w] = len(programs) / (time.perf_counter() - t0)
         assert all(r.passed for r in rs)
-    print(f"HumanEval canonical programs/s: 1 worker {rates[1]:.1f}, {args.workers} workers "
-          f"{rates[args.workers]:.1f} (ratio {rates[args.workers] / rates[1]:.2f}x)")
+    print(
+        f"HumanEval canonical programs/s: 1 worker {rates[1]:.1f}, {args.workers} workers "
+        f"{rates[args.workers]:.1f} (ratio {rates[args.workers] / rates[1]:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

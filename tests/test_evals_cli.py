@@ -52,8 +52,24 @@ def test_humaneval_command(app, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["eval", "humaneval", str(ckpt), "--limit", "2", "--output", str(out),
-                                   "--num-samples", "2", "--ks", "1,2", "--decoding.steps", "16"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "humaneval",
+            str(ckpt),
+            "--limit",
+            "2",
+            "--output",
+            str(out),
+            "--num-samples",
+            "2",
+            "--ks",
+            "1,2",
+            "--decoding.steps",
+            "16",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "HumanEval" in res.output and "100.00" in res.output
     summary = json.loads((out / "summary.json").read_text())
@@ -65,8 +81,20 @@ def test_humaneval_infill_command(app, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["eval", "humaneval-infill", str(ckpt), "--limit", "3", "--modes", "single-line",
-                                   "--output", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "humaneval-infill",
+            str(ckpt),
+            "--limit",
+            "3",
+            "--modes",
+            "single-line",
+            "--output",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())["modes"]["single-line"]
     assert s["pass@1"] == 1.0 and s["tasks"] == len(build_tasks(load_problems(limit=3), "single-line"))
@@ -96,11 +124,29 @@ def test_loss_command_wiring(app, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loss, "checkpoint_validation_loss", fake)
     out = tmp_path / "loss.json"
-    res = CliRunner().invoke(app, ["eval", "loss", "CKPT", "--data", str(tmp_path), "--objectives",
-                                   "causal, span_corruption", "--seq-len", "64", "--output", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "loss",
+            "CKPT",
+            "--data",
+            str(tmp_path),
+            "--objectives",
+            "causal, span_corruption",
+            "--seq-len",
+            "64",
+            "--output",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert seen == {"checkpoint": "CKPT", "data": str(tmp_path), "objectives": ["causal", "span_corruption"],
-                    "seq_len": 64}
+    assert seen == {
+        "checkpoint": "CKPT",
+        "data": str(tmp_path),
+        "objectives": ["causal", "span_corruption"],
+        "seq_len": 64,
+    }
     assert json.loads(out.read_text())["span_corruption"] == 3.0
     assert "span_corruption" in res.output and "causal" in res.output
     res = CliRunner().invoke(app, ["eval", "loss", "CKPT", "--data", str(tmp_path), "--objectives", " , "])

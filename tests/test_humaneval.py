@@ -48,7 +48,9 @@ class ScriptedBackbone:
     def __init__(self, answer: Callable[[str], str], tokenizer=None) -> None:
         self.answer, self.tokenizer, self.calls = answer, tokenizer, 0
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop=None, constraint=None, **decoding):
+    def generate(
+        self, prompts: Sequence[str], *, max_new_tokens: int, stop=None, constraint=None, **decoding
+    ):
         self.calls += len(prompts)
         return [Generation(self.answer(p), [], nfe=3, wall_time=0.01, stop_reason="stop") for p in prompts]
 
@@ -61,8 +63,10 @@ class NativeInfiller(ScriptedBackbone):
         self.fill = answer
 
     def infill(self, prefixes, suffixes, *, max_new_tokens, **decoding):
-        return [Generation(self.fill(p, s), [], nfe=2, wall_time=0.0, stop_reason="eos")
-                for p, s in zip(prefixes, suffixes, strict=True)]
+        return [
+            Generation(self.fill(p, s), [], nfe=2, wall_time=0.0, stop_reason="eos")
+            for p, s in zip(prefixes, suffixes, strict=True)
+        ]
 
 
 def canonical(problems: list[dict], extra: str = "") -> ScriptedBackbone:
@@ -98,7 +102,9 @@ def test_canonical_solutions_pass_everything(problems, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["pass@1"] == 1.0
 
 
-@pytest.mark.parametrize("completion", ["", "    return None\n", "    while True: pass\n", "    import os; os._exit(0)\n"])
+@pytest.mark.parametrize(
+    "completion", ["", "    return None\n", "    while True: pass\n", "    import os; os._exit(0)\n"]
+)
 def test_empty_wrong_and_hostile_completions_score_zero(problems, tmp_path, completion):
     # os._exit(0) before check() ran must not count: the check call is what proves correctness.
     bb = ScriptedBackbone(lambda p: completion)
@@ -151,12 +157,15 @@ def test_infill_tasks_reassemble_the_solution(problems):
                 assert t.middle.strip() and t.middle.endswith("\n")
             if mode == "single-line":
                 assert t.middle.count("\n") == 1
-    assert [t.middle for t in build_tasks(problems, "random-span", seed=1)] != \
-           [t.middle for t in build_tasks(problems, "random-span", seed=2)]
+    assert [t.middle for t in build_tasks(problems, "random-span", seed=1)] != [
+        t.middle for t in build_tasks(problems, "random-span", seed=2)
+    ]
 
 
 def test_prompt_formats():
-    assert codegen2_prompt("A", "B") == f"A{special.sentinel(1)}B{special.EOS}{special.SEP}{special.sentinel(1)}"
+    assert (
+        codegen2_prompt("A", "B") == f"A{special.sentinel(1)}B{special.EOS}{special.SEP}{special.sentinel(1)}"
+    )
     assert fim_prompt("A", "B") == f"{special.FIM_PREFIX}A{special.FIM_SUFFIX}B{special.FIM_MIDDLE}"
     assert fim_spm_prompt("A", "B") == f"{special.FIM_PREFIX}{special.FIM_SUFFIX}B{special.FIM_MIDDLE}A"
     assert clean_middle(f"x = 1\n{special.EOM}junk", "codegen2", "multi-line") == "x = 1\n"
@@ -245,14 +254,34 @@ def test_a_crash_mid_run_keeps_finished_batches(problems, tmp_path):
 
 
 def test_custom_problem_file(tmp_path):
-    prob = {"task_id": "Mine/0", "entry_point": "inc", "prompt": "def inc(x):\n",
-            "canonical_solution": "    return x + 1\n", "test": "def check(f):\n    assert f(1) == 2\n"}
+    prob = {
+        "task_id": "Mine/0",
+        "entry_point": "inc",
+        "prompt": "def inc(x):\n",
+        "canonical_solution": "    return x + 1\n",
+        "test": "def check(f):\n    assert f(1) == 2\n",
+    }
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps(prob) + "\n")
-    s = run_humaneval(ScriptedBackbone(lambda p: "    return x + 1\n"), tmp_path / "out",
-                      HumanEvalConfig(data_path=str(path)))
+    s = run_humaneval(
+        ScriptedBackbone(lambda p: "    return x + 1\n"),
+        tmp_path / "out",
+        HumanEvalConfig(data_path=str(path)),
+    )
     assert s["tasks"] == 1 and s["pass@1"] == 1.0
-    s = run_humaneval(ScriptedBackbone(lambda p: "    return x\n"), tmp_path / "out2", HumanEvalConfig(data_path=str(path)))
+    s = run_humaneval(
+        ScriptedBackbone(lambda p: "    return x\n"), tmp_path / "out2", HumanEvalConfig(data_path=str(path))
+    )
     assert s["pass@1"] == 0.0
     with pytest.raises(FileNotFoundError, match="not found"):
         load_problems(tmp_path / "missing.jsonl")
+
+
+def test_resuming_with_another_setting_is_refused(problems, tmp_path):
+    run_humaneval(canonical(problems), tmp_path, HumanEvalConfig(limit=2), problems[:2])
+    with pytest.raises(ValueError, match="temperature"):
+        run_humaneval(canonical(problems), tmp_path, HumanEvalConfig(temperature=0.8), problems[:2])
+    s = run_humaneval(
+        canonical(problems), tmp_path, HumanEvalConfig(batch_size=1), problems[:2]
+    )  # same setting
+    assert s["pass@1"] == 1.0

@@ -44,8 +44,10 @@ def test_ok_stdout_stdin_and_exit_codes():
 
 
 def test_fresh_isolated_interpreter_and_throwaway_workdir():
-    src = "import os, sys\nprint(os.getcwd()); print(os.environ['HOME']); print(os.environ['TMPDIR'])\n" \
-          "print(sys.flags.isolated)\nopen('scratch.txt', 'w').write('x')"
+    src = (
+        "import os, sys\nprint(os.getcwd()); print(os.environ['HOME']); print(os.environ['TMPDIR'])\n"
+        "print(sys.flags.isolated)\nopen('scratch.txt', 'w').write('x')"
+    )
     r = run_python(src)
     assert r.status == "ok", r.stderr
     cwd, home, tmp, isolated = r.stdout.split()
@@ -89,11 +91,11 @@ def test_truncation_keeps_the_end_of_the_output():
 def test_fork_bomb_contained_and_leaves_nothing_behind():
     marker = f"unimask-bomb-{uuid.uuid4().hex}"
     src = (
-        "import os, sys\n"
+        "import os, sys\nSLEEP = 'import time; time.sleep(60)'\n"
         "while True:\n"
         "    try:\n"
         "        if os.fork() == 0:\n"
-        f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
+        f"            os.execv(sys.executable, [sys.executable, '-c', SLEEP, {marker!r}])\n"
         "    except OSError:\n"
         "        pass\n"
     )
@@ -109,11 +111,11 @@ def test_daemon_that_escapes_the_process_group_is_killed():
         pytest.skip("no PID namespace here: a setsid() daemon can outlive the sandbox (see docs/sandbox.md)")
     marker = f"unimask-daemon-{uuid.uuid4().hex}"
     src = (
-        "import os, sys\n"
+        "import os, sys\nSLEEP = 'import time; time.sleep(60)'\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
-        f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', SLEEP, {marker!r}])\n"
         "    os._exit(0)\n"
         "print('parent done')\n"
     )
@@ -150,7 +152,9 @@ def test_network_is_unreachable():
     server.settimeout(0.2)
     port = server.getsockname()[1]
     try:
-        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')", FAST)
+        r = run_python(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'hi')", FAST
+        )
         assert not r.passed
         with pytest.raises(TimeoutError):
             server.accept()
@@ -219,9 +223,13 @@ def test_fallback_without_namespaces_still_guards_network_signals_and_limits():
     assert run_python("while True: pass", limits).status == "timeout"
     assert run_python("x = bytearray(4 << 30)", limits).status == "memory"
     # AF_UNIX stays usable (multiprocessing pipes, socketpair, local servers); name lookups do not.
-    assert run_python("import socket; a, b = socket.socketpair(); a.send(b'x'); print(b.recv(1))", limits).passed
-    unix = ("import socket\ns = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(1)\n"
-            "c = socket.socket(socket.AF_UNIX); c.connect('sock'); a, _ = s.accept(); c.sendall(b'hey')\n"
-            "print(a.recv(3))")
+    assert run_python(
+        "import socket; a, b = socket.socketpair(); a.send(b'x'); print(b.recv(1))", limits
+    ).passed
+    unix = (
+        "import socket\ns = socket.socket(socket.AF_UNIX); s.bind('sock'); s.listen(1)\n"
+        "c = socket.socket(socket.AF_UNIX); c.connect('sock'); a, _ = s.accept(); c.sendall(b'hey')\n"
+        "print(a.recv(3))"
+    )
     assert run_python(unix, limits).stdout.strip() == "b'hey'"
     assert "PermissionError" in run_python("import socket; socket.gethostbyname('localhost')", limits).stderr

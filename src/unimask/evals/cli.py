@@ -14,8 +14,9 @@ import typer
 
 from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
 
-eval_app = typer.Typer(help="Evaluate checkpoints: HumanEval pass@k, HumanEval infilling, held-out loss.",
-                       no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate checkpoints: HumanEval pass@k, HumanEval infilling, held-out loss.", no_args_is_help=True
+)
 
 
 def _backbone(checkpoint: str, device: str) -> Any:
@@ -27,7 +28,9 @@ def _backbone(checkpoint: str, device: str) -> Any:
             "evaluate from Python with run_humaneval(backbone, ...) instead"
         ) from None
     if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (pass one of ours or a local HF directory)")
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint} does not exist (pass one of ours or a local HF directory)"
+        )
     return load_backbone(checkpoint, device=device)
 
 
@@ -43,8 +46,13 @@ class _Progress:
     def __init__(self, label: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        self.progress = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=console)
+        self.progress = Progress(
+            "[bold]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
         self.label = label
         self.task = None
 
@@ -73,8 +81,15 @@ def _table(title: str, rows: list[tuple[str, dict]], keys: list[str]) -> None:
         cells = []
         for k in keys:
             v = s.get(k)
-            cells.append("-" if v is None else f"{100 * v:.2f}" if k.startswith(("pass@", "exact")) else
-                         f"{v:.4g}" if isinstance(v, float) else str(v))
+            cells.append(
+                "-"
+                if v is None
+                else f"{100 * v:.2f}"
+                if k.startswith(("pass@", "exact"))
+                else f"{v:.4g}"
+                if isinstance(v, float)
+                else str(v)
+            )
         table.add_row(name, *cells)
     Console().print(table)
 
@@ -100,8 +115,11 @@ def humaneval_command(
         with _Progress("humaneval") as bar:
             summary = run_humaneval(backbone, output, cfg, on_progress=bar)
         keys = [k for k in summary if k.startswith("pass@")] + ["mean_nfe", "mean_gen_time"]
-        _table(f"HumanEval ({summary['tasks']} problems, {summary['samples']} samples)", [(checkpoint, summary)],
-               keys)
+        _table(
+            f"HumanEval ({summary['tasks']} problems, {summary['samples']} samples)",
+            [(checkpoint, summary)],
+            keys,
+        )
         console.print(f"results: {output}/samples.jsonl, {output}/summary.json; status {summary['status']}")
 
 
@@ -151,9 +169,14 @@ def loss_command(
         names = [o.strip() for o in objectives.split(",") if o.strip()]
         if not names:
             raise ValueError("--objectives is empty; name at least one objective, e.g. causal")
-        res = checkpoint_validation_loss(checkpoint, data, names, seq_len, num_examples, batch_size, seed, device)
-        _table("held-out loss", [(n, {"loss": res.get(n), "ppl": res.get(f"{n}_ppl")}) for n in names],
-               ["loss", "ppl"])
+        res = checkpoint_validation_loss(
+            checkpoint, data, names, seq_len, num_examples, batch_size, seed, device
+        )
+        _table(
+            "held-out loss",
+            [(n, {"loss": res.get(n), "ppl": res.get(f"{n}_ppl")}) for n in names],
+            ["loss", "ppl"],
+        )
         if output is not None:
             atomic_write_text(output, json.dumps(res, indent=2) + "\n")
 

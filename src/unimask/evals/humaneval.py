@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unimask.evals.runner import ExecTask, generate_with, run_tasks, summarize, write_summary
+from unimask.evals.runner import (
+    ExecTask,
+    describe_backbone,
+    generate_with,
+    run_tasks,
+    summarize,
+    write_summary,
+)
 from unimask.evals.sandbox import SandboxLimits
 from unimask.sampling.backbone import Backbone
 
@@ -93,9 +100,19 @@ def run_humaneval(
         num_samples=cfg.num_samples,
         batch_size=cfg.batch_size,
         postprocess=truncate_at_stops,
-        limits=SandboxLimits(wall_time=cfg.timeout, cpu_time=max(1, int(cfg.timeout) + 1), memory_mb=cfg.memory_mb),
+        limits=SandboxLimits(
+            wall_time=cfg.timeout, cpu_time=max(1, int(cfg.timeout) + 1), memory_mb=cfg.memory_mb
+        ),
         workers=cfg.workers,
         on_progress=on_progress,
+        fingerprint={
+            "benchmark": "humaneval",
+            "backbone": describe_backbone(backbone),
+            "max_new_tokens": cfg.max_new_tokens,
+            "decoding": decoding,
+            "stop": STOP_SEQUENCES,
+            "data_path": cfg.data_path,
+        },
     )
     summary = {"benchmark": "humaneval", **summarize(records, [k for k in cfg.ks if k <= cfg.num_samples])}
     write_summary(output_dir, summary)

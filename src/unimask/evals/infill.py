@@ -24,7 +24,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from unimask.evals.humaneval import load_problems, test_program
-from unimask.evals.runner import ExecTask, GenerateFn, generate_with, run_tasks, summarize, write_summary
+from unimask.evals.runner import (
+    ExecTask,
+    GenerateFn,
+    describe_backbone,
+    generate_with,
+    run_tasks,
+    summarize,
+    write_summary,
+)
 from unimask.evals.sandbox import SandboxLimits
 from unimask.sampling.backbone import Backbone, Generation
 from unimask.tokenizer import special
@@ -58,7 +66,9 @@ class InfillBackbone(Protocol):
     ) -> list[Generation]: ...
 
 
-def build_tasks(problems: Sequence[dict], mode: str, seed: int = 0, spans_per_problem: int = 10) -> list[InfillTask]:
+def build_tasks(
+    problems: Sequence[dict], mode: str, seed: int = 0, spans_per_problem: int = 10
+) -> list[InfillTask]:
     """The infilling tasks of one ``mode`` over ``problems``."""
     if mode not in MODES:
         raise ValueError(f"unknown infilling mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -81,11 +91,18 @@ def build_tasks(problems: Sequence[dict], mode: str, seed: int = 0, spans_per_pr
             else:
                 holes = [(starts[i], starts[j + 1]) for i in solid for j in solid if j >= i]
         for n, (a, b) in enumerate(holes):
-            tasks.append(InfillTask(
-                task_id=f"{p['task_id']}/{mode}/{n}", problem_id=p["task_id"], mode=mode,
-                prefix=p["prompt"] + sol[:a], middle=sol[a:b], suffix=sol[b:], test=p["test"],
-                entry_point=p["entry_point"],
-            ))
+            tasks.append(
+                InfillTask(
+                    task_id=f"{p['task_id']}/{mode}/{n}",
+                    problem_id=p["task_id"],
+                    mode=mode,
+                    prefix=p["prompt"] + sol[:a],
+                    middle=sol[a:b],
+                    suffix=sol[b:],
+                    test=p["test"],
+                    entry_point=p["entry_point"],
+                )
+            )
     return tasks
 
 
@@ -102,9 +119,17 @@ def fim_spm_prompt(prefix: str, suffix: str) -> str:
     return f"{special.FIM_PREFIX}{special.FIM_SUFFIX}{suffix}{special.FIM_MIDDLE}{prefix}"
 
 
-PROMPTS: dict[str, Callable[[str, str], str]] = {"codegen2": codegen2_prompt, "fim": fim_prompt, "fim-spm": fim_spm_prompt}
-STOPS = {"codegen2": [special.EOM, special.EOS], "fim": [special.EOS, special.EOM], "fim-spm": [special.EOS, special.EOM],
-         "native": [special.EOS]}
+PROMPTS: dict[str, Callable[[str, str], str]] = {
+    "codegen2": codegen2_prompt,
+    "fim": fim_prompt,
+    "fim-spm": fim_spm_prompt,
+}
+STOPS = {
+    "codegen2": [special.EOM, special.EOS],
+    "fim": [special.EOS, special.EOM],
+    "fim-spm": [special.EOS, special.EOM],
+    "native": [special.EOS],
+}
 
 
 def clean_middle(text: str, fmt: str, mode: str, single_line: bool = True) -> str:
@@ -154,7 +179,10 @@ def infill_generate(backbone: Backbone, fmt: str, max_new_tokens: int, **decodin
 
     def fn(tasks: Sequence[ExecTask]) -> list[Generation]:
         return backbone.infill(
-            [t.prompt for t in tasks], [t.suffix or "" for t in tasks], max_new_tokens=max_new_tokens, **decoding
+            [t.prompt for t in tasks],
+            [t.suffix or "" for t in tasks],
+            max_new_tokens=max_new_tokens,
+            **decoding,
         )
 
     return fn
@@ -164,8 +192,16 @@ def exec_tasks(tasks: Sequence[InfillTask], fmt: str) -> list[ExecTask]:
     out = []
     for t in tasks:
         prompt = t.prefix if fmt == "native" else PROMPTS[fmt](t.prefix, t.suffix)
-        out.append(ExecTask(t.task_id, prompt, t.program, reference=t.middle, suffix=t.suffix,
-                            meta={"mode": t.mode, "problem_id": t.problem_id}))
+        out.append(
+            ExecTask(
+                t.task_id,
+                prompt,
+                t.program,
+                reference=t.middle,
+                suffix=t.suffix,
+                meta={"mode": t.mode, "problem_id": t.problem_id},
+            )
+        )
     return out
 
 
@@ -179,20 +215,41 @@ def run_infill(
     """Build, sample, execute and score the infilling benchmarks; one results dir per mode."""
     cfg = cfg or InfillConfig()
     problems = list(problems) if problems is not None else load_problems(cfg.data_path, cfg.limit)
-    gen = infill_generate(backbone, cfg.format, cfg.max_new_tokens, temperature=cfg.temperature, **cfg.decoding)
-    limits = SandboxLimits(wall_time=cfg.timeout, cpu_time=max(1, int(cfg.timeout) + 1), memory_mb=cfg.memory_mb)
+    gen = infill_generate(
+        backbone, cfg.format, cfg.max_new_tokens, temperature=cfg.temperature, **cfg.decoding
+    )
+    limits = SandboxLimits(
+        wall_time=cfg.timeout, cpu_time=max(1, int(cfg.timeout) + 1), memory_mb=cfg.memory_mb
+    )
     summary: dict[str, Any] = {"benchmark": "humaneval-infill", "format": cfg.format, "modes": {}}
     for mode in cfg.modes:
         tasks = build_tasks(problems, mode, seed=cfg.seed)
         records = run_tasks(
-            exec_tasks(tasks, cfg.format), gen, Path(output_dir) / mode, batch_size=cfg.batch_size,
+            exec_tasks(tasks, cfg.format),
+            gen,
+            Path(output_dir) / mode,
+            batch_size=cfg.batch_size,
             postprocess=lambda s, m=mode: clean_middle(s, cfg.format, m, cfg.single_line_cut),
-            limits=limits, workers=cfg.workers, on_progress=on_progress,
+            limits=limits,
+            workers=cfg.workers,
+            on_progress=on_progress,
+            fingerprint={
+                "benchmark": f"humaneval-infill/{mode}",
+                "backbone": describe_backbone(backbone),
+                "format": cfg.format,
+                "max_new_tokens": cfg.max_new_tokens,
+                "seed": cfg.seed,
+                "decoding": {"temperature": cfg.temperature, **cfg.decoding},
+                "single_line_cut": cfg.single_line_cut,
+                "data_path": cfg.data_path,
+            },
         )
         s = summarize(records, [1])
         if cfg.limit is None and problems and len(problems) == 164:
             s["published_tasks"] = PUBLISHED_COUNTS[mode]
         summary["modes"][mode] = s
-        write_summary(Path(output_dir) / mode, {"benchmark": f"humaneval-infill/{mode}", "format": cfg.format, **s})
+        write_summary(
+            Path(output_dir) / mode, {"benchmark": f"humaneval-infill/{mode}", "format": cfg.format, **s}
+        )
     write_summary(output_dir, summary)
     return summary

@@ -27,6 +27,7 @@ from unimask.sampling.backbone import Backbone, Generation
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -80,6 +81,21 @@ def load_records(path: Path) -> dict[tuple[str, int], dict]:
     return done
 
 
+def _check_fingerprint(path: Path, fingerprint: dict[str, Any]) -> None:
+    fp = json.loads(json.dumps(fingerprint, default=str))
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        if diff:
+            raise ValueError(
+                f"{path.parent} holds samples from a different setting ({', '.join(diff)} differ: "
+                f"{ {k: old.get(k) for k in diff} } vs { {k: fp.get(k) for k in diff} }); "
+                "use another --output"
+            )
+    else:
+        atomic_write_text(path, json.dumps(fp, indent=2) + "\n")
+
+
 def _tail(s: str, n: int = 2000) -> str:
     return s if len(s) <= n else "..." + s[-n:]
 
@@ -95,12 +111,20 @@ def run_tasks(
     limits: SandboxLimits | None = None,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> list[dict]:
-    """Generate and execute every missing (task, sample); return all records in task order."""
+    """Generate and execute every missing (task, sample); return all records in task order.
+
+    ``fingerprint`` (what decides the samples: model, decoding, prompt format) is kept in
+    ``run.json``; resuming into a directory written with a different one is refused, so samples of
+    two settings are never mixed.
+    """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if fingerprint is not None:
+        _check_fingerprint(out / RUN_FILE, fingerprint)
     path = out / SAMPLES_FILE
     done = load_records(path)
     todo = [(t, s) for t in tasks for s in range(num_samples) if (t.task_id, s) not in done]
@@ -112,12 +136,23 @@ def run_tasks(
     def record(batch: _Batch) -> None:
         nonlocal finished
         results = batch.future.result()
-        for (task, sample), gen, comp, res in zip(batch.items, batch.gens, batch.completions, results, strict=True):
+        for (task, sample), gen, comp, res in zip(
+            batch.items, batch.gens, batch.completions, results, strict=True
+        ):
             rec = {
-                "task_id": task.task_id, "sample": sample, "completion": comp, "raw": gen.text,
-                "passed": res.passed and batch.nonce in res.stdout, "status": res.status,
-                "exit_code": res.exit_code, "stderr": _tail(res.stderr), "nfe": gen.nfe, "gen_time": gen.wall_time,
-                "exec_time": res.wall_time, "stop_reason": gen.stop_reason, **task.meta,
+                "task_id": task.task_id,
+                "sample": sample,
+                "completion": comp,
+                "raw": gen.text,
+                "passed": res.passed and batch.nonce in res.stdout,
+                "status": res.status,
+                "exit_code": res.exit_code,
+                "stderr": _tail(res.stderr),
+                "nfe": gen.nfe,
+                "gen_time": gen.wall_time,
+                "exec_time": res.wall_time,
+                "stop_reason": gen.stop_reason,
+                **task.meta,
             }
             if task.reference is not None:
                 rec["exact_match"] = comp.strip() == task.reference.strip()
@@ -140,8 +175,13 @@ def run_tasks(
                 # A completion could exit(0) before the tests finish: a pass also needs this
                 # unguessable nonce, printed after the check call.
                 nonce = secrets.token_hex(16)
-                programs = [t.program(c) + f"\nprint({nonce!r})\n" for (t, _), c in zip(items, completions, strict=True)]
-                batch = _Batch(items, gens, completions, nonce, executor.submit(run_many, programs, limits, workers))
+                programs = [
+                    t.program(c) + f"\nprint({nonce!r})\n"
+                    for (t, _), c in zip(items, completions, strict=True)
+                ]
+                batch = _Batch(
+                    items, gens, completions, nonce, executor.submit(run_many, programs, limits, workers)
+                )
                 if pending is not None:
                     record(pending)
                 pending = batch
@@ -154,7 +194,9 @@ def run_tasks(
 def _write_records(path: Path, tasks: Sequence[ExecTask], num_samples: int, done: dict) -> None:
     # Rewritten whole and atomically after every batch: a crash leaves the previous complete file.
     order = {t.task_id: i for i, t in enumerate(tasks)}
-    recs = sorted(done.values(), key=lambda r: (order.get(r["task_id"], len(order)), r["task_id"], r["sample"]))
+    recs = sorted(
+        done.values(), key=lambda r: (order.get(r["task_id"], len(order)), r["task_id"], r["sample"])
+    )
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
 
 
@@ -165,7 +207,9 @@ def summarize(records: Sequence[dict], ks: Sequence[int] = (1, 10, 100), group: 
         by_task.setdefault(r["task_id"], []).append(r)
     summary: dict[str, Any] = {"tasks": len(by_task), "samples": len(records)}
     for k in ks:
-        vals = [pass_at_k(len(rs), sum(r["passed"] for r in rs), k) for rs in by_task.values() if len(rs) >= k]
+        vals = [
+            pass_at_k(len(rs), sum(r["passed"] for r in rs), k) for rs in by_task.values() if len(rs) >= k
+        ]
         if vals:
             summary[f"pass@{k}"] = float(np.mean(vals))
     if records and all("exact_match" in r for r in records):
@@ -188,12 +232,26 @@ def write_summary(output_dir: str | Path, summary: dict) -> Path:
     return path
 
 
-def generate_with(backbone: Backbone, max_new_tokens: int, stop: Sequence[str] | None, **decoding: Any) -> GenerateFn:
+def describe_backbone(backbone: Backbone) -> str:
+    """What identifies a backbone in ``run.json``: its kind and, when it has one, its source path."""
+    src = getattr(backbone, "path", None) or getattr(backbone, "name_or_path", None)
+    return (
+        f"{getattr(backbone, 'kind', type(backbone).__name__)}:{src}"
+        if src
+        else str(getattr(backbone, "kind", "?"))
+    )
+
+
+def generate_with(
+    backbone: Backbone, max_new_tokens: int, stop: Sequence[str] | None, **decoding: Any
+) -> GenerateFn:
     """A ``GenerateFn`` that sends each task's prompt through ``backbone.generate``."""
 
     def fn(tasks: Sequence[ExecTask]) -> list[Generation]:
         t0 = time.perf_counter()
-        gens = backbone.generate([t.prompt for t in tasks], max_new_tokens=max_new_tokens, stop=stop, **decoding)
+        gens = backbone.generate(
+            [t.prompt for t in tasks], max_new_tokens=max_new_tokens, stop=stop, **decoding
+        )
         for g in gens:
             if not g.wall_time:
                 g.wall_time = (time.perf_counter() - t0) / max(1, len(gens))

@@ -54,8 +54,16 @@ class SandboxLimits:
     drop_privileges: bool = True  # when root, run the code as a throwaway unprivileged uid
 
     def __post_init__(self) -> None:
-        for name in ("wall_time", "cpu_time", "memory_mb", "max_processes", "max_file_mb", "max_disk_mb",
-                     "max_open_files", "max_output_bytes"):
+        for name in (
+            "wall_time",
+            "cpu_time",
+            "memory_mb",
+            "max_processes",
+            "max_file_mb",
+            "max_disk_mb",
+            "max_open_files",
+            "max_output_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be > 0, got {getattr(self, name)!r}")
 
@@ -83,7 +91,7 @@ class SandboxResult:
 # Runs inside the sandbox interpreter (python -I -c BOOTSTRAP CONFIG_JSON): sets up the
 # namespaces, limits and guards, then executes the user file as __main__. Kept as plain source so
 # that nothing from the harness' environment (site-packages, cwd) is imported before user code.
-BOOTSTRAP = r'''
+BOOTSTRAP = r"""
 import ctypes, json, os, resource, signal, sys
 cfg = json.loads(sys.argv[1])
 status_fd = cfg["status_fd"]
@@ -281,7 +289,7 @@ sys.addaudithook(_guard)
 sys.argv = [cfg["script"]]
 import runpy
 runpy.run_path(cfg["script"], run_name="__main__")
-'''
+"""
 
 
 _uid_counter = itertools.count()
@@ -380,18 +388,33 @@ def run_python(source: str, limits: SandboxLimits | None = None, stdin: str = ""
                 for name in [root, *(os.path.join(root, x) for x in dirs + files)]:
                     os.chown(name, uid, uid)
         cfg = {
-            "workdir": workdir, "script": script, "status_fd": wfd, "uid": uid,
-            "namespaces": limits.namespaces, "limits": asdict(limits), **_interpreter_paths(),
+            "workdir": workdir,
+            "script": script,
+            "status_fd": wfd,
+            "uid": uid,
+            "namespaces": limits.namespaces,
+            "limits": asdict(limits),
+            **_interpreter_paths(),
         }
         env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.path.join(workdir, "home"),
-            "TMPDIR": os.path.join(workdir, "tmp"), "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
-            "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": os.path.join(workdir, "home"),
+            "TMPDIR": os.path.join(workdir, "tmp"),
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": "1",
         }
         proc = subprocess.Popen(
             [sys.executable, "-I", "-B", "-c", BOOTSTRAP, json.dumps(cfg)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=workdir, env=env, start_new_session=True, pass_fds=(wfd,), close_fds=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            pass_fds=(wfd,),
+            close_fds=True,
         )
         os.close(wfd)
         wfd = -1
@@ -469,8 +492,15 @@ def _parse_status(raw: bytes) -> dict | None:
     return None
 
 
-def _classify(report: dict | None, timed_out: bool, returncode: int | None, out: _Drain, err: _Drain,
-              wall: float, limits: SandboxLimits) -> SandboxResult:
+def _classify(
+    report: dict | None,
+    timed_out: bool,
+    returncode: int | None,
+    out: _Drain,
+    err: _Drain,
+    wall: float,
+    limits: SandboxLimits,
+) -> SandboxResult:
     stdout, stderr = out.text(), err.text()
     truncated = out.truncated or err.truncated
     layers = ["process-group", "wall-timeout", "temp-workdir"] + (report["layers"] if report else [])
@@ -519,7 +549,8 @@ def run_many(
     results: list[SandboxResult | None] = [None] * len(sources)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
         futures = {
-            pool.submit(run_python, src, limits, stdins[i] if stdins else ""): i for i, src in enumerate(sources)
+            pool.submit(run_python, src, limits, stdins[i] if stdins else ""): i
+            for i, src in enumerate(sources)
         }
         for fut in as_completed(futures):
             i = futures[fut]
@@ -527,4 +558,3 @@ def run_many(
             if on_result is not None:
                 on_result(i, results[i])
     return [r for r in results if r is not None]
-

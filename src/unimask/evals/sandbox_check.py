@@ -52,23 +52,32 @@ def run_checks(limits: SandboxLimits | None = None) -> tuple[list[str], list[Che
     check("infinite loop", "while True: pass", lambda r: r.status == "timeout")
     check("memory bomb", "x = bytearray(64 << 30)", lambda r: r.status == "memory")
     marker = f"unimask-check-{uuid.uuid4().hex}"
-    bomb = ("import os, sys\nwhile True:\n    try:\n        if os.fork() == 0:\n"
-            f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {marker!r}])\n"
-            "    except OSError:\n        pass\n")
+    bomb = (
+        "import os, sys\nSLEEP = 'import time; time.sleep(30)'\n"
+        "while True:\n    try:\n        if os.fork() == 0:\n"
+        f"            os.execv(sys.executable, [sys.executable, '-c', SLEEP, {marker!r}])\n"
+        "    except OSError:\n        pass\n"
+    )
     check("fork bomb", bomb, lambda r: not r.passed and not (time.sleep(0.3) or _alive_with(marker)))
-    daemon = ("import os, sys\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-              f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {marker + 'd'!r}])\n"
-              "    os._exit(0)\n")
+    daemon = (
+        "import os, sys\nSLEEP = 'import time; time.sleep(30)'\n"
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', SLEEP, {marker + 'd'!r}])\n"
+        "    os._exit(0)\n"
+    )
     check("setsid daemon", daemon, lambda r: not (time.sleep(0.3) or _alive_with(marker + "d")))
     with tempfile.TemporaryDirectory() as d:
         target = Path(d) / "escaped.txt"
-        check("write outside workdir", f"open({str(target)!r}, 'w').write('x')", lambda r: not target.exists())
+        check(
+            "write outside workdir", f"open({str(target)!r}, 'w').write('x')", lambda r: not target.exists()
+        )
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     server.settimeout(0.2)
     port = server.getsockname()[1]
     try:
+
         def refused(r) -> bool:
             try:
                 server.accept()[0].close()
@@ -76,7 +85,11 @@ def run_checks(limits: SandboxLimits | None = None) -> tuple[list[str], list[Che
             except TimeoutError:
                 return not r.passed
 
-        check("socket to 127.0.0.1", f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)", refused)
+        check(
+            "socket to 127.0.0.1",
+            f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)",
+            refused,
+        )
     finally:
         server.close()
     check("kill the harness", f"import os; os.kill({os.getpid()}, 9)", lambda r: not r.passed)
