@@ -285,3 +285,13 @@ def test_resuming_with_another_setting_is_refused(problems, tmp_path):
         canonical(problems), tmp_path, HumanEvalConfig(batch_size=1), problems[:2]
     )  # same setting
     assert s["pass@1"] == 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), spans=st.integers(1, 20), idx=st.integers(0, N_PROBLEMS - 1))
+def test_random_spans_always_reassemble(problems, seed, spans, idx):
+    p = problems[idx]
+    tasks = build_tasks([p], "random-span", seed=seed, spans_per_problem=spans)
+    assert len(tasks) == spans
+    assert all(t.prefix + t.middle + t.suffix == p["prompt"] + p["canonical_solution"] for t in tasks)
+    assert tasks == build_tasks([p], "random-span", seed=seed, spans_per_problem=spans)  # deterministic
