@@ -102,7 +102,7 @@ def run_ours(work: Path, args: argparse.Namespace) -> dict:
 def hf_config(model: torch.nn.Module, seq_len: int):
     from transformers import LlamaConfig
 
-    c = model.config
+    c = getattr(model, "cfg", None) or model.config
     pick = lambda *names, default=None: next((getattr(c, n) for n in names if hasattr(c, n)), default)  # noqa: E731
     ffn = pick("ffn_hidden", "d_ff", "intermediate_size", "hidden_dim", "mlp_hidden")
     if ffn is None:  # read it off the weights: the largest non-vocab linear dimension

@@ -73,6 +73,11 @@ class TrainResult:
     eval: dict[str, float] = field(default_factory=dict)
 
 
+def model_config(model: torch.nn.Module) -> Any:
+    """The model's config object (``Transformer.cfg``; ``.config`` for Hugging Face-style modules)."""
+    return getattr(model, "cfg", None) or getattr(model, "config", None)
+
+
 def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
         return None
@@ -135,7 +140,7 @@ class Trainer:
             tokenizer = tokenizer or loaded_tok
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
         self.raw_model = model if model is not None else build_model(cfg, self.tokenizer)
-        vocab = getattr(getattr(self.raw_model, "config", None), "vocab_size", None)
+        vocab = getattr(model_config(self.raw_model), "vocab_size", None)
         if vocab is not None and hasattr(self.tokenizer, "check_vocab"):
             self.tokenizer.check_vocab(vocab)
         if cfg.model.activation_checkpointing:
@@ -161,7 +166,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up helpers
     def _check_lengths(self) -> None:
         """Fail before training if an objective's longest example would not fit the model."""
-        limit = getattr(getattr(self.raw_model, "config", None), "max_seq_len", None)
+        limit = getattr(model_config(self.raw_model), "max_seq_len", None)
         max_length = getattr(self.objective, "max_length", None)
         if limit is None or max_length is None:
             return
@@ -245,7 +250,7 @@ class Trainer:
             if not hasattr(self, "_save_copy"):
                 # FSDP modules cannot be deep-copied; an unsharded twin built from the config
                 # receives the gathered full state dict.
-                self._save_copy = type(self.raw_model)(self.raw_model.config)
+                self._save_copy = type(self.raw_model)(model_config(self.raw_model))
             self._save_copy.load_state_dict(sd)
             return self._save_copy
         return self.raw_model
