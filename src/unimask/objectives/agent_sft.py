@@ -1,0 +1,109 @@
+"""Multi-turn agent SFT over rendered trajectories (``TurnSequence``), for both backbones.
+
+* ``agent_sft_ar``: causal attention; next-token loss on action tokens only.
+* ``agent_sft_diffusion`` (aligned, the default): the clean trajectory x_0 (causal) followed by
+  noised copies of every action, cut into blocks of ``block_size`` that start at the action's
+  first token. A noised block sees its own block and the clean tokens strictly before it -- all
+  earlier turns, its own ``<|assistant|>`` marker and the earlier blocks of the same action --
+  and nothing after its own turn; no clean token ever sees a noised one. Every action of the
+  trajectory is trained in one pass. This is exactly the view a context-causal block-diffusion
+  sampler has at inference: a clean, KV-cached context and one block of masks decoded with full
+  attention inside the block.
+* ``aligned=False``: the ablation the DLLM Agent paper warns about -- the action tokens are
+  noised in place in the single sequence, under plain bidirectional attention, so context tokens
+  attend to noised actions and every token sees later turns.
+
+Loss: masked action tokens weighted 1/t (t drawn per block, or per trajectory when unaligned),
+normalised by the number of action tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unimask.model.attention import AttentionStructure
+from unimask.objectives.base import normalised_weights
+from unimask.objectives.diffusion import noisy_copy_layout, sample_t
+from unimask.objectives.example import IGNORE, TrainingExample
+from unimask.tokenizer.chat import TurnSequence
+
+
+def action_spans(seq: TurnSequence) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of maximal runs of action tokens."""
+    spans, start = [], None
+    for i, a in enumerate([*seq.is_action, False]):
+        if a and start is None:
+            start = i
+        elif not a and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def _check(seq: TurnSequence) -> None:
+    if not any(seq.is_action):
+        raise ValueError("trajectory has no assistant (action) turn to train on")
+
+
+@dataclass
+class AgentSFTAR:
+    name: str = "agent_sft_ar"
+
+    def max_length(self, n: int) -> int:
+        return n
+
+    def __call__(self, raw: TurnSequence, rng: np.random.Generator) -> TrainingExample:
+        _check(raw)
+        ids = torch.tensor(raw.token_ids, dtype=torch.long)
+        action = torch.tensor(raw.is_action, dtype=torch.bool)
+        labels = torch.full_like(ids, IGNORE)
+        labels[:-1] = torch.where(action[1:], ids[1:], labels[:-1])
+        att = AttentionStructure.causal(1, len(ids))
+        return TrainingExample.from_structure(ids, labels, normalised_weights(labels), att, self.name)
+
+
+@dataclass
+class AgentSFTDiffusion:
+    tokenizer: object
+    block_size: int = 16
+    aligned: bool = True
+    eps: float = 1e-3
+    name: str = "agent_sft_diffusion"
+
+    def max_length(self, n: int) -> int:
+        return 2 * n if self.aligned else n
+
+    def __call__(self, raw: TurnSequence, rng: np.random.Generator) -> TrainingExample:
+        _check(raw)
+        x0 = torch.tensor(raw.token_ids, dtype=torch.long)
+        action = torch.tensor(raw.is_action, dtype=torch.bool)
+        n_action = int(action.sum())
+        mask_id = self.tokenizer.mask_id
+        if not self.aligned:
+            t = sample_t(rng, self.eps)
+            masked = torch.from_numpy(rng.random(len(x0)) < t) & action
+            ids = torch.where(masked, torch.full_like(x0, mask_id), x0)
+            labels = torch.where(masked, x0, torch.full_like(x0, IGNORE))
+            att = AttentionStructure.bidirectional(1, len(x0))
+            return TrainingExample.from_structure(ids, labels, masked.float() / (t * n_action), att, self.name)
+        segments, masks, ts = [], [], []
+        for s, e in action_spans(raw):
+            for b in range(s, e, self.block_size):
+                be = min(b + self.block_size, e)
+                t = sample_t(rng, self.eps)
+                segments.append((b, be))
+                masks.append(torch.from_numpy(rng.random(be - b) < t))
+                ts.append(t)
+        doc = torch.zeros(len(x0), dtype=torch.long)
+        ids, att, twins = noisy_copy_layout(x0, doc, segments, masks, mask_id, "causal")
+        L = len(x0)
+        m = torch.cat(masks)
+        tt = torch.cat([torch.full((e - s,), t) for (s, e), t in zip(segments, ts, strict=True)])
+        labels = torch.full_like(ids, IGNORE)
+        weights = torch.zeros(len(ids))
+        labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
+        weights[L:] = m.float() / (tt * n_action)
+        return TrainingExample.from_structure(ids, labels, weights, att, self.name)
