@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+from pathlib import Path
 
 import pytest
 import typer
@@ -164,3 +167,64 @@ def test_sandbox_check_command(app):
         assert res.exit_code == 0 and "NO" not in text, res.output
     else:
         assert res.exit_code in (0, 1)
+
+
+def test_loss_command_end_to_end(app, tmp_path, tiny_tokenizer, tiny_tokenizer_path):
+    data = pytest.importorskip("unimask.data")
+    objectives = pytest.importorskip("unimask.objectives")
+    if not hasattr(data, "prepare_data") or not hasattr(objectives, "build_objective"):
+        pytest.skip("needs unimask.data.prepare_data and unimask.objectives.build_objective (other issues)")
+    import torch
+
+    from unimask.evals.loss import validation_loss
+    from unimask.model import Transformer, load_checkpoint, save_checkpoint
+    from unimask.presets import model_preset
+    from unimask.train.sources import PackedSource
+
+    torch.manual_seed(0)
+    save_checkpoint(
+        tmp_path / "ckpt",
+        Transformer(model_preset("tiny", vocab_size=tiny_tokenizer.vocab_size)),
+        tiny_tokenizer,
+    )
+    root = Path(json.__file__).parent
+    cfg = data.DataConfig(
+        sources=[data.SourceConfig(name="json", kind="glob", path=str(root), pattern="*.py")],
+        tokenizer=data.TokenizerSettings(path=str(tiny_tokenizer_path)),
+        out_dir=str(tmp_path / "d"),
+        workers=0,
+        val_fraction=0.5,
+        max_docs=None,
+    )
+    data_dir = data.prepare_data(cfg, progress=False)
+    out = tmp_path / "loss.json"
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "loss",
+            str(tmp_path / "ckpt"),
+            "--data",
+            str(data_dir),
+            "--seq-len",
+            "32",
+            "--num-examples",
+            "4",
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    # Same number as scoring the same windows by hand.
+    model, tok, _ = load_checkpoint(tmp_path / "ckpt")
+    raws = list(itertools.islice(PackedSource(data_dir, "val", 32, epochs=1), 4))
+    want = validation_loss(
+        model, raws, {"causal": objectives.build_objective("causal", tok)}, tok.pad_id, torch.device("cpu")
+    )
+    assert got["causal"] == pytest.approx(want["causal"], rel=1e-5)
+    assert (
+        abs(got["causal"] - math.log(tiny_tokenizer.vocab_size)) < 1.0
+    )  # an untrained model is near uniform
