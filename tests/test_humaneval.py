@@ -295,3 +295,42 @@ def test_random_spans_always_reassemble(problems, seed, spans, idx):
     assert len(tasks) == spans
     assert all(t.prefix + t.middle + t.suffix == p["prompt"] + p["canonical_solution"] for t in tasks)
     assert tasks == build_tasks([p], "random-span", seed=seed, spans_per_problem=spans)  # deterministic
+
+
+class TinyGreedy:
+    """A real (random, untrained) tiny transformer decoded greedily: junk code, through the harness."""
+
+    kind = "ar"
+
+    def __init__(self, tokenizer) -> None:
+        import torch
+
+        from unimask.model import Transformer
+        from unimask.presets import model_preset
+
+        torch.manual_seed(0)
+        self.tokenizer = tokenizer
+        self.model = Transformer(model_preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+
+    def generate(self, prompts, *, max_new_tokens, stop=None, constraint=None, **decoding):
+        import torch
+
+        out = []
+        for p in prompts:
+            ids = self.tokenizer.encode(p)[-200:]
+            new: list[int] = []
+            with torch.no_grad():
+                for _ in range(max_new_tokens):
+                    logits = self.model(torch.tensor([ids + new]))
+                    new.append(int(logits[0, -1].argmax()))
+            out.append(Generation(self.tokenizer.decode(new), new, max_new_tokens, 0.0, "length"))
+        return out
+
+
+def test_a_real_untrained_model_scores_zero_without_breaking_the_harness(problems, tmp_path, tiny_tokenizer):
+    pytest.importorskip("unimask.presets")
+    bb = TinyGreedy(tiny_tokenizer)
+    s = run_humaneval(bb, tmp_path, HumanEvalConfig(max_new_tokens=8, timeout=2.0), problems[:2])
+    assert s["pass@1"] == 0.0 and s["samples"] == 2 and s["mean_nfe"] == 8
+    recs = [json.loads(x) for x in (tmp_path / SAMPLES_FILE).read_text().splitlines()]
+    assert all(r["status"] in ("error", "timeout", "killed", "memory") for r in recs)
