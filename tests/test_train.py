@@ -56,12 +56,17 @@ def test_lr_warmup_then_cosine(warmup: int, total: int) -> None:
     assert lrs[total] == pytest.approx(cfg.min_lr)
 
 
-def test_backbone_recorded_per_objective_family() -> None:
+def test_backbone_recorded_per_objective_family(tiny_tokenizer) -> None:
     assert infer_backbone([ObjectiveSpec("causal"), ObjectiveSpec("codegen2_infill")]) == {"backbone": "ar"}
     assert infer_backbone([ObjectiveSpec("agent_sft_ar")]) == {"backbone": "ar"}
     assert infer_backbone([ObjectiveSpec("masked_diffusion")]) == {"backbone": "masked_diffusion"}
     bd = infer_backbone([ObjectiveSpec("block_diffusion", params={"block_size": 8, "clean_attention": "causal"})])
     assert bd == {"backbone": "block_diffusion", "block_size": 8, "clean_attention": "causal"}
+    # with a tokenizer the objective's own defaults are recorded
+    real = infer_backbone([ObjectiveSpec("agent_sft_diffusion", params={"block_size": 4})], tiny_tokenizer)
+    assert real == {"backbone": "block_diffusion", "block_size": 4, "clean_attention": "causal"}
+    unaligned = infer_backbone([ObjectiveSpec("agent_sft_diffusion", params={"aligned": False})], tiny_tokenizer)
+    assert unaligned == {"backbone": "masked_diffusion"}
     with pytest.raises(ConfigError, match="pick one"):
         infer_backbone([ObjectiveSpec("masked_diffusion"), ObjectiveSpec("block_diffusion")])
 
@@ -324,3 +329,24 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path, tiny_tokenizer
     assert signal.getsignal(signal.SIGTERM) == before
     res = train(cfg, tokenizer=tiny_tokenizer, train_source=ListSource(windows))  # resumes and finishes
     assert res.step == 50 and len(res.losses) == 47
+
+
+@pytest.mark.parametrize(
+    ("objectives", "backbone"),
+    [
+        ([{"name": "prefix_lm"}, {"name": "codegen2"}, {"name": "fim"}, {"name": "span_corruption"}], "ar"),
+        ([{"name": "block_diffusion", "params": {"block_size": 8}}], "block_diffusion"),
+        ([{"name": "masked_diffusion"}], "masked_diffusion"),
+    ],
+)
+def test_one_loop_for_every_objective_family(tmp_path, tiny_tokenizer, windows, objectives, backbone) -> None:
+    from unimask.model import load_checkpoint
+
+    cfg = tiny_config(tmp_path / "run", steps=3, checkpoint_interval=0, eval_interval=3, objectives=objectives)
+    res = train(cfg, tokenizer=tiny_tokenizer, train_source=ListSource(windows), val_raws=windows[:4])
+    assert all(math.isfinite(x) for x in res.losses)
+    assert {o["name"] for o in objectives} <= set(res.eval)  # validation loss per objective
+    _, _, extra = load_checkpoint(res.checkpoint)
+    assert extra["backbone"] == backbone
+    if backbone == "block_diffusion":
+        assert extra["block_size"] == 8 and extra["clean_attention"] == "causal"

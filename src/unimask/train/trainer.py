@@ -39,8 +39,12 @@ from unimask.train.optim import build_optimizer, lr_at
 AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "agent_sft_ar"}
 
 
-def infer_backbone(objectives: list[ObjectiveSpec]) -> dict[str, Any]:
-    """What decoder a checkpoint trained on ``objectives`` needs (recorded in its ``extra``)."""
+def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> dict[str, Any]:
+    """What decoder a checkpoint trained on ``objectives`` needs (recorded in its ``extra``).
+
+    With a tokenizer the diffusion objective is instantiated, so its own defaults (block size,
+    clean attention, aligned) are what gets recorded, not a second copy of them here.
+    """
     active = [o for o in objectives if o.weight > 0]
     names = {o.name for o in active}
     if names <= AR_OBJECTIVES:
@@ -51,16 +55,23 @@ def infer_backbone(objectives: list[ObjectiveSpec]) -> dict[str, Any]:
         raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
     if masked:
         return {"backbone": "masked_diffusion"}
-    if block:
-        params = block[0].params
-        if params.get("aligned", True) is False:
-            return {"backbone": "masked_diffusion"}
-        return {
-            "backbone": "block_diffusion",
-            "block_size": int(params.get("block_size", 32)),
-            "clean_attention": str(params.get("clean_attention", "causal" if block[0].name != "block_diffusion" else "block")),
-        }
-    raise ConfigError(f"objectives {sorted(names)} are not known to the trainer's backbone table")
+    if not block:
+        raise ConfigError(f"objectives {sorted(names)} are not known to the trainer's backbone table")
+    spec = block[0]
+    settings = dict(spec.params)
+    if tokenizer is not None:
+        from unimask.objectives import build_objective
+
+        obj = build_objective(spec.name, tokenizer, **spec.params)
+        settings = {k: getattr(obj, k) for k in ("block_size", "clean_attention", "aligned") if hasattr(obj, k)}
+    if settings.get("aligned", True) is False:
+        return {"backbone": "masked_diffusion"}  # the unaligned ablation: plain bidirectional attention
+    # the aligned agent layout is context-causal: clean context causal, full attention inside a block
+    return {
+        "backbone": "block_diffusion",
+        "block_size": int(settings.get("block_size", 16)),
+        "clean_attention": str(settings.get("clean_attention", "causal")),
+    }
 
 
 @dataclass
@@ -148,7 +159,7 @@ class Trainer:
                 raise ConfigError("this model has no set_activation_checkpointing(); set model.activation_checkpointing=false")
             self.raw_model.set_activation_checkpointing(True)
 
-        self.backbone = infer_backbone(cfg.objectives)
+        self.backbone = infer_backbone(cfg.objectives, self.tokenizer if objective is None else None)
         self.objective = objective if objective is not None else build_objective_fn(cfg.objectives, self.tokenizer)
         self.val_objectives = val_objectives
         self.global_stream = cfg.data.sharding == "global"
