@@ -17,13 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_support import ListSource, ensure_components, stdlib_windows, tiny_config  # noqa: E402
+from test_train_support import ListSource, stdlib_windows, tiny_config  # noqa: E402
 from unimask.config import ConfigError, load_config  # noqa: E402
 from unimask.train.config import ObjectiveSpec, OptimSection, TrainConfig  # noqa: E402
 from unimask.train.optim import lr_at  # noqa: E402
 from unimask.train.trainer import Trainer, infer_backbone, train  # noqa: E402
 
-ensure_components()
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT = Path(__file__).parent / "test_train_support.py"
 

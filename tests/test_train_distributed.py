@@ -13,9 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train_support import ensure_components, stdlib_texts  # noqa: E402
-
-ensure_components()
+from test_train_support import stdlib_texts  # noqa: E402
 
 SUPPORT = Path(__file__).parent / "test_train_support.py"
 pytestmark = pytest.mark.distributed

@@ -29,129 +29,6 @@ class Window:
     doc_ids: torch.Tensor
 
 
-# ---------------------------------------------------------------- stand-ins for absent packages
-# The trainer codes against ``unimask.model`` (Transformer, presets, save/load_checkpoint) and
-# ``unimask.objectives.build_objective``, built concurrently by other engineers. Until those land,
-# ``ensure_components()`` installs these minimal test doubles with the same signatures, so the
-# trainer's behaviour is tested either way; once the real packages exist they are used instead.
-
-
-@dataclass
-class StandInConfig:
-    vocab_size: int = 512
-    d_model: int = 32
-    n_layers: int = 2
-    n_heads: int = 2
-    n_kv_heads: int = 2
-    max_seq_len: int = 256
-
-
-class _Block(torch.nn.Module):
-    def __init__(self, c: StandInConfig) -> None:
-        super().__init__()
-        self.n_heads = c.n_heads
-        self.norm1, self.norm2 = torch.nn.LayerNorm(c.d_model), torch.nn.LayerNorm(c.d_model)
-        self.qkv = torch.nn.Linear(c.d_model, 3 * c.d_model, bias=False)
-        self.proj = torch.nn.Linear(c.d_model, c.d_model, bias=False)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(c.d_model, 4 * c.d_model), torch.nn.GELU(),
-                                       torch.nn.Linear(4 * c.d_model, c.d_model))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp(self.norm2(x))
-
-
-class StandInTransformer(torch.nn.Module):
-    """A small pre-LN GPT obeying ``AttentionStructure`` (dense mask, per-token positions)."""
-
-    def __init__(self, config: StandInConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.tok = torch.nn.Embedding(config.vocab_size, config.d_model)
-        self.pos = torch.nn.Embedding(config.max_seq_len, config.d_model)
-        self.layers = torch.nn.ModuleList([_Block(config) for _ in range(config.n_layers)])
-        self.head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
-
-    def forward(self, input_ids: torch.Tensor, attention: Any = None, kv_cache: Any = None) -> torch.Tensor:
-        B, T = input_ids.shape
-        if attention is None:
-            pos, mask = torch.arange(T, device=input_ids.device).expand(B, T), None
-        else:
-            pos, mask = attention.position_ids, attention.dense_mask()
-            mask = mask[:, None] if mask.dim() == 3 else mask
-        x = self.tok(input_ids) + self.pos(pos)
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.head(x)
-
-    def set_activation_checkpointing(self, on: bool) -> None:
-        self.activation_checkpointing = on
-
-
-def _standin_save(path: str | Path, model: Any, tokenizer: Any, extra: dict | None = None) -> None:
-    from dataclasses import asdict
-
-    from safetensors.torch import save_file
-
-    from unimask.io import atomic_dir
-
-    with atomic_dir(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(asdict(model.config)))
-        (tmp / "extra.json").write_text(json.dumps(extra or {}, default=str))
-        tokenizer.save(tmp)
-
-
-def _standin_load(path: str | Path, device: Any = None) -> tuple[Any, Any, dict]:
-    from safetensors.torch import load_file
-
-    from unimask.tokenizer import Tokenizer
-
-    path = Path(path)
-    model = StandInTransformer(StandInConfig(**json.loads((path / "config.json").read_text())))
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    return model, Tokenizer.load(path), json.loads((path / "extra.json").read_text())
-
-
-def _standin_causal(tokenizer: Any, **params: Any):
-    from unimask.model.attention import AttentionStructure
-    from unimask.objectives.example import IGNORE, TrainingExample
-
-    def objective(raw: Any, rng: Any) -> TrainingExample:
-        if hasattr(raw, "tokens"):
-            ids, scored = raw.tokens.long(), torch.ones(len(raw.tokens), dtype=torch.bool)
-        else:  # a TurnSequence: score action tokens only (agent SFT, AR)
-            ids, scored = torch.tensor(raw.token_ids), torch.tensor(raw.is_action)
-        labels = torch.full_like(ids, IGNORE)
-        labels[:-1] = torch.where(scored[1:], ids[1:], IGNORE)
-        weights = (labels != IGNORE).float()
-        weights /= weights.sum().clamp(min=1)
-        return TrainingExample.from_structure(ids, labels, weights, AttentionStructure.causal(1, len(ids)))
-
-    objective.max_length = lambda n: n
-    return objective
-
-
-def ensure_components() -> None:
-    """Install the stand-ins where ``unimask.model`` / ``unimask.objectives`` lack the real API."""
-    import types
-
-    import unimask.model as model_pkg
-    import unimask.objectives as obj_pkg
-
-    if not hasattr(model_pkg, "Transformer"):
-        model_pkg.ModelConfig, model_pkg.Transformer = StandInConfig, StandInTransformer
-        model_pkg.save_checkpoint, model_pkg.load_checkpoint = _standin_save, _standin_load
-        presets = types.ModuleType("unimask.presets")
-        presets.model_preset = lambda name: StandInConfig()
-        sys.modules["unimask.presets"] = presets
-    if not hasattr(obj_pkg, "build_objective"):
-        obj_pkg.build_objective = lambda name, tokenizer, **p: _standin_causal(tokenizer, **p)
-
-
 def stdlib_texts(limit: int = 12) -> list[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted((root / "json").glob("*.py")) + sorted((root / "email").glob("*.py"))
@@ -237,7 +114,6 @@ def child_main(argv: list[str]) -> None:
     import argparse
 
     torch.set_num_threads(1)
-    ensure_components()
     from unimask.train import checkpoint as ckpt
     from unimask.train import trainer as trainer_mod
 

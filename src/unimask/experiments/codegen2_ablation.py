@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from unimask.experiments.ablation_components import HFStructuredLM, have_unimask_model, objective
 from unimask.io import atomic_write_text
 
 ARMS = ("causal", "causal_infill", "prefix_lm")
@@ -109,8 +108,7 @@ def run_arm(arm: str, out: Path, data_dir: Path, tokens: int, tasks: list[Infill
             seed: int) -> dict[str, Any]:
     from unimask.config import load_config
     from unimask.evals.loss import validation_loss
-    from unimask.tokenizer import Tokenizer
-    from unimask.train.batches import WeightedMixture
+    from unimask.objectives import build_objective
     from unimask.train.config import TrainConfig
     from unimask.train.trainer import Trainer
 
@@ -118,36 +116,26 @@ def run_arm(arm: str, out: Path, data_dir: Path, tokens: int, tasks: list[Infill
         "data.dir": str(data_dir), "out_dir": str(out / arm), "token_budget": str(tokens), "seed": str(seed),
         "resume": "false", "progress": "false", "tensorboard": "false",
     })
-    tok = Tokenizer.load(data_dir)
-    mix = WeightedMixture([objective(o.name, tok, **o.params) for o in cfg.objectives],
-                          [o.weight for o in cfg.objectives], [o.name for o in cfg.objectives])
-    native = have_unimask_model()
-    model = None
-    if not native:
-        torch.manual_seed(seed)
-        shape = {k: cfg.model.overrides[k] for k in ("d_model", "n_layers", "n_heads") if k in cfg.model.overrides}
-        model = HFStructuredLM(tok.vocab_size, **shape, max_seq_len=4 * cfg.data.seq_len)
-    trainer = Trainer(cfg, model=model, tokenizer=tok, objective=mix)
-    if not native:
-        trainer.save = lambda: None  # no unimask checkpoint format for the fallback model
+    trainer = Trainer(cfg)
     t0 = time.perf_counter()
     res = trainer.fit()
     seconds = time.perf_counter() - t0
     model = trainer.raw_model.eval()
     device = trainer.device
-    l2r = validation_loss(model, val_raws, {"causal": objective("causal", tok)}, tok.pad_id, device, 16)
+    tok = trainer.tokenizer
+    l2r = validation_loss(model, val_raws, {"causal": build_objective("causal", tok)}, tok.pad_id, device, 16)
     em = infill_exact_match(model, tok, tasks, device)
     n_params = sum(p.numel() for p in model.parameters())
     return {"arm": arm, "tokens": res.tokens, "steps": res.step, "train_seconds": round(seconds, 1),
-            "params": n_params, "model": "unimask.model.Transformer" if native else "HFStructuredLM (Llama)",
+            "params": n_params, "checkpoint": str(res.checkpoint),
             "val_l2r_loss": l2r["causal"], **em}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| arm | model | params | raw tokens | steps | L2R val loss | infill EM | prefix-only EM | train s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| arm | params | raw tokens | steps | L2R val loss | infill EM | prefix-only EM | train s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['model']} | {r['params']:,} | {r['tokens']:,} | {r['steps']} | "
+        lines.append(f"| {r['arm']} | {r['params']:,} | {r['tokens']:,} | {r['steps']} | "
                      f"{r['val_l2r_loss']:.4f} | {r['infill_em']:.3f} | {r['completion_em']:.3f} | {r['train_seconds']} |")
     return "\n".join(lines)
 
