@@ -324,10 +324,10 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tmp_path, tiny_tokenizer
     cfg = tiny_config(tmp_path / "run", steps=50, checkpoint_interval=0)
     before = signal.getsignal(signal.SIGTERM)
     res = train(cfg, tokenizer=tiny_tokenizer, train_source=TermAt(windows))
-    assert res.step == 3 and res.checkpoint.name == "step_00000003"
+    assert res.step == 3 and res.checkpoint.name == "step_00000003" and res.interrupted
     assert signal.getsignal(signal.SIGTERM) == before
     res = train(cfg, tokenizer=tiny_tokenizer, train_source=ListSource(windows))  # resumes and finishes
-    assert res.step == 50 and len(res.losses) == 47
+    assert res.step == 50 and len(res.losses) == 47 and not res.interrupted
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,8 @@ def run_arm(arm: str, out: Path, data_dir: Path, tokens: int, tasks: list[Infill
     t0 = time.perf_counter()
     res = trainer.fit()
     seconds = time.perf_counter() - t0
+    if res.interrupted:
+        raise SystemExit(f"arm {arm} was interrupted at step {res.step}; the table would not be at equal tokens")
     model = trainer.raw_model.eval()
     device = trainer.device
     tok = trainer.tokenizer

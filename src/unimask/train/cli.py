@@ -27,6 +27,10 @@ def train_command(
         result = train(cfg)
         import os
 
+        if result.interrupted:
+            console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint {result.checkpoint} (rerun to resume)")
+            raise typer.Exit(130)
+
         if os.environ.get("RANK", "0") == "0":
             ev = ", ".join(f"{k}={v:.4f}" for k, v in result.eval.items() if not k.endswith("_ppl"))
             console.print(

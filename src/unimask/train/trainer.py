@@ -82,6 +82,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     eval: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False  # stopped early by SIGTERM/SIGINT (checkpointed; rerun to resume)
 
 
 def model_config(model: torch.nn.Module) -> Any:
@@ -418,6 +419,7 @@ class Trainer:
                     result.checkpoint = self.save()
                     last_saved = self.step
                 if stop.requested(self.info, self.device):
+                    result.interrupted = True
                     break  # SIGTERM/SIGINT: checkpoint below, then return; rerun to resume
             if last_saved != self.step:
                 result.checkpoint = self.save()
