@@ -60,6 +60,21 @@ class KVCache:
         self.length = n
         self.structure = None if n == 0 or self.structure is None else self.structure[:n]
 
+    def keep_positions(self, index: Tensor) -> None:
+        """Keep only cached tokens ``index`` (1-D, along the sequence), in that order.
+
+        Keys carry their RoPE rotation, so order does not matter to attention; this lets a
+        sampler cache a prefix *and* a suffix around the block it is decoding (dual cache).
+        """
+        n = len(index)
+        for store in (self.k, self.v):
+            for i, t in enumerate(store):
+                kept = t[:, :, index].clone()
+                store[i][:, :, :n] = kept
+        if self.structure is not None:
+            self.structure = self.structure[index]
+        self.length = n
+
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` (e.g. drop finished sequences)."""
         self.k = [k[index] for k in self.k]

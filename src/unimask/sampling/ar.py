@@ -1,0 +1,136 @@
+"""Autoregressive decoding with a KV cache, batched with left padding, for any causal model.
+
+Works for a unimask ``Transformer`` and for ``HFCausalLM`` (a local transformers model), which
+share one forward signature, so ``ARBackbone`` is also the Hugging Face backbone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unimask.model.attention import AttentionStructure
+from unimask.sampling.backbone import Generation
+from unimask.sampling.decoding import find_stop, make_generator, sample_tokens
+from unimask.tokenizer import Tokenizer
+
+LogitsProcessor = Callable[[Tensor, Tensor], Tensor]  # (generated ids [B, t], logits [B, V]) -> logits
+
+
+def left_padded(prompts: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, AttentionStructure]:
+    """Left-pad ids; padding is its own document (-1) so real tokens never see it."""
+    B, T = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    doc = torch.full((B, T), -1, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        n = len(p)
+        ids[i, T - n :] = torch.tensor(p, dtype=torch.long)
+        doc[i, T - n :] = 0
+        pos[i, T - n :] = torch.arange(n)
+    blk = torch.arange(T).expand(B, T).clone()
+    s = AttentionStructure(doc, blk, torch.zeros(B, T, dtype=torch.bool), pos)
+    return ids.to(device), s.to(device)
+
+
+class ARBackbone:
+    """``generate`` for causal models: greedy/temperature/top-k/top-p, stop ids and strings."""
+
+    kind = "ar"
+
+    def __init__(self, model: Any, tokenizer: Tokenizer, device: str | torch.device | None = None,
+                 kind: str = "ar", **defaults: Any):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.kind = kind
+        self.defaults = defaults
+        self.max_len = model.cfg.max_seq_len
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] | None = None,
+        constraint: Any | None = None,
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        logits_processor: LogitsProcessor | None = None,
+        on_update: Callable[[int, str], None] | None = None,
+        prompt_ids: Sequence[list[int]] | None = None,
+        **unused: Any,
+    ) -> list[Generation]:
+        t0 = time.perf_counter()
+        tok = self.tokenizer
+        temperature = self.defaults.get("temperature", 0.0) if temperature is None else temperature
+        ids_list = list(prompt_ids) if prompt_ids is not None else [tok.encode(p) for p in prompts]
+        if not ids_list or any(len(p) == 0 for p in ids_list):
+            raise ValueError("every prompt must be non-empty")
+        longest = max(len(p) for p in ids_list)
+        if longest + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model "
+                             f"context of {self.max_len}; shorten the prompt or lower max_new_tokens")
+        stops = list(stop or [])
+        stop_ids = set(stop_token_ids if stop_token_ids is not None else [tok.eos_id, tok.pad_id])
+        B = len(ids_list)
+        ids, structure = left_padded(ids_list, tok.pad_id, self.device)
+        gen = make_generator(seed, self.device)
+        cache = self.model.new_kv_cache(B, ids.shape[1] + max_new_tokens)
+        logits = self.model(ids, structure, kv_cache=cache)[:, -1]
+        nfe = 1
+        out: list[list[int]] = [[] for _ in range(B)]
+        texts = [""] * B
+        reason: list[str | None] = [None] * B
+        next_pos = structure.position_ids[:, -1] + 1
+        history = torch.zeros(B, 0, dtype=torch.long, device=self.device)
+        states = [constraint.start() for _ in range(B)] if constraint is not None else None
+        for step in range(max_new_tokens):
+            if logits_processor is not None:
+                logits = logits_processor(history, logits)
+            if states is not None:
+                logits = constraint.mask_logits(logits, states, tok)
+            nxt = sample_tokens(logits, temperature, top_k, top_p, gen)
+            history = torch.cat([history, nxt[:, None]], dim=1)
+            for i in range(B):
+                if reason[i] is not None:
+                    continue
+                t = int(nxt[i])
+                if t in stop_ids:
+                    reason[i] = "eos"
+                    continue
+                out[i].append(t)
+                if states is not None:
+                    states[i] = constraint.advance(states[i], t, tok)
+                texts[i] = tok.decode(out[i])
+                cut = find_stop(texts[i], stops)
+                if cut >= 0:
+                    texts[i] = texts[i][:cut]
+                    reason[i] = "stop"
+                if on_update is not None:
+                    on_update(i, texts[i])
+            if all(r is not None for r in reason) or step == max_new_tokens - 1:
+                break
+            new = AttentionStructure(
+                torch.zeros(B, 1, dtype=torch.long, device=self.device),
+                torch.full((B, 1), cache.length, dtype=torch.long, device=self.device),
+                torch.zeros(B, 1, dtype=torch.bool, device=self.device),
+                next_pos[:, None],
+            )
+            ids = nxt[:, None]
+            logits = self.model(ids, new, kv_cache=cache)[:, -1]
+            next_pos = next_pos + 1
+            nfe += 1
+        wall = time.perf_counter() - t0
+        return [
+            Generation(texts[i], out[i], nfe, wall, reason[i] or "length", {"tokens_per_step": len(out[i]) / nfe})
+            for i in range(B)
+        ]

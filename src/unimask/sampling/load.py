@@ -1,0 +1,48 @@
+"""``load_backbone``: a unimask checkpoint or a local Hugging Face directory -> a ``Backbone``.
+
+A unimask checkpoint's ``extra["backbone"]`` (written by the trainer) picks the decoder:
+``"ar"`` -> AR with KV cache; ``"block_diffusion"`` -> block diffusion with an exact KV cache;
+``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches. A directory with a
+Hugging Face ``config.json`` and no unimask metadata loads through ``transformers``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unimask.sampling.ar import ARBackbone
+from unimask.sampling.backbone import Backbone
+from unimask.sampling.diffusion import DiffusionBackbone
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_backbone(path: str | Path, device: str | None = None, **decoding_defaults: Any) -> Backbone:
+    from unimask.model import load_checkpoint
+    from unimask.model.hf import HFCausalLM
+
+    path = Path(path)
+    device = device or default_device()
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{path} is neither a unimask checkpoint nor a Hugging Face model dir (no config.json)")
+    meta = json.loads(config.read_text())
+    if "model" not in meta:
+        model = HFCausalLM(path, device=device)
+        return ARBackbone(model, model.tokenizer, device=device, kind="hf", **decoding_defaults)
+    model, tokenizer, extra = load_checkpoint(path, device=device)
+    kind = extra.get("backbone", "ar")
+    if kind == "ar":
+        return ARBackbone(model, tokenizer, device=device, **decoding_defaults)
+    if kind in ("block_diffusion", "masked_diffusion"):
+        mode = "block" if kind == "block_diffusion" else "full"
+        block = int(extra.get("block_size", 16))
+        return DiffusionBackbone(model, tokenizer, mode=mode, block_length=block, device=device,
+                                 **decoding_defaults)
+    raise ValueError(f"{path}: unknown backbone kind {kind!r} in config.json extra")
