@@ -73,3 +73,20 @@ def render_text(turns: Sequence[Turn], add_generation_prompt: bool = False) -> s
     if add_generation_prompt:
         parts.append(sp.ASSISTANT)
     return "".join(parts)
+
+
+_MARKER_ROLES = {v: k for k, v in ROLE_MARKERS.items()}
+
+
+def parse_rendered(text: str) -> list[Turn]:
+    """Inverse of ``render_text`` for complete turns (a trailing generation prompt is ignored)."""
+    import re
+
+    pattern = "(" + "|".join(re.escape(m) for m in ROLE_MARKERS.values()) + ")"
+    parts = re.split(pattern, text)
+    turns = []
+    for i in range(1, len(parts) - 1, 2):
+        body = parts[i + 1]
+        if body.endswith(sp.END_OF_TURN):
+            turns.append(Turn(_MARKER_ROLES[parts[i]], body[: -len(sp.END_OF_TURN)]))  # type: ignore[arg-type]
+    return turns

@@ -1,0 +1,233 @@
+"""DocQA: question answering over the standard library's documentation with search/open tools.
+
+The offline stand-in for the DLLM Agent paper's web search. Questions are generated from the
+corpus with verified answers, 1-2 hops, four types:
+
+* ``module``  (1 hop): which module defines NAME? -- read it off a search result line;
+* ``summary`` (1 hop): which function does THIS (its docstring summary)? -- the top search hit;
+* ``default`` (2 hops): the default of PARAM in QUALNAME -- search, open, read the signature;
+* ``summary_default`` (2 hops): the default of PARAM in the function that does THIS.
+
+Splits are by module (a stable hash), so test modules are unseen in training. Observations are
+compact on purpose: tiny models are fine-tuned on these trajectories. The oracle policy solves
+tasks through the real tools, reading answers from observations (not from the gold), with an
+optional rate of realistic recoveries (a query that misses, then a retry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unimask.agent.env import Task, exact_match, token_f1
+from unimask.agent.protocol import format_action, system_prompt
+from unimask.agent.tools import BM25Index, Tool, answer_tool, open_tool, search_tool
+from unimask.envs.corpus import load_corpus
+from unimask.tokenizer.chat import Turn
+
+TASK_TYPES = ("module", "summary", "default", "summary_default")
+HOPS = {"module": 1, "summary": 1, "default": 2, "summary_default": 2}
+INSTRUCTIONS = "Answer the question about the Python standard library using the tools."
+
+
+def _split_of(module: str) -> str:
+    h = int(hashlib.sha256(module.encode()).hexdigest(), 16) % 10
+    return "test" if h == 0 else "val" if h == 1 else "train"
+
+
+def _short(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1].rstrip() + "…"
+
+
+@dataclass
+class DocQAConfig:
+    cache_dir: str = ".unimask_cache"
+    task_types: list[str] = field(default_factory=lambda: list(TASK_TYPES))
+    search_k: int = 3
+    max_default_len: int = 12
+    seed: int = 0
+
+
+class DocQAEnvironment:
+    name = "docqa"
+
+    def __init__(self, cache_dir: str | Path = ".unimask_cache", task_types: Sequence[str] | None = None,
+                 search_k: int = 3, max_default_len: int = 12, seed: int = 0):
+        bad = [t for t in (task_types or ()) if t not in TASK_TYPES]
+        if bad:
+            raise ValueError(f"unknown DocQA task types {bad}; choose from {list(TASK_TYPES)}")
+        self.cfg = DocQAConfig(str(cache_dir), list(task_types or TASK_TYPES), search_k, max_default_len, seed)
+        self.docs = load_corpus(Path(cache_dir))
+        self.by_id = {d["id"]: d for d in self.docs}
+        self.index = BM25Index(self.docs, Path(cache_dir))
+        self._tools = [
+            search_tool(self.index, self._search_line, max_k=5),
+            open_tool(self.docs, self._open_text),
+            answer_tool(),
+        ]
+        self._tasks: dict[str, list[Task]] | None = None
+
+    # ------------------------------------------------------------------ observations
+    @staticmethod
+    def _search_line(d: dict[str, Any]) -> str:
+        return f"({d['kind']} in {d['module']}) {_short(d['summary'], 60)}"
+
+    @staticmethod
+    def _open_text(d: dict[str, Any]) -> str:
+        return f"{_short(d['signature'], 160)}\n{_short(d['summary'], 100)}"
+
+    # ------------------------------------------------------------------ Environment protocol
+    def tools(self) -> list[Tool]:
+        return self._tools
+
+    def system_prompt(self) -> str:
+        return system_prompt(self._tools, INSTRUCTIONS)
+
+    def score(self, task: Task, prediction: str | None) -> dict[str, float]:
+        return {"em": exact_match(prediction, task.answer), "f1": token_f1(prediction, task.answer)}
+
+    def tasks(self, split: str) -> list[Task]:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}: use train, val or test")
+        if self._tasks is None:
+            self._tasks = self._build_tasks()
+        return [t for t in self._tasks[split] if t.meta["type"] in self.cfg.task_types]
+
+    # ------------------------------------------------------------------ questions
+    def _search_ids(self, query: str) -> list[str]:
+        return [self.docs[i]["id"] for i, _ in self.index.search(query, self.cfg.search_k)]
+
+    def _build_tasks(self) -> dict[str, list[Task]]:
+        out: dict[str, list[Task]] = {"train": [], "val": [], "test": []}
+        callables = [d for d in self.docs if d["kind"] in ("function", "class")]
+        bare_counts = Counter(d["id"].rsplit(".", 1)[-1] for d in self.docs if d["kind"] != "module")
+        summary_counts = Counter(d["summary"] for d in self.docs)
+
+        def add(d: dict[str, Any], kind: str, question: str, answer: str, **meta: Any) -> None:
+            n = sum(len(v) for v in out.values())
+            task = Task(f"docqa-{n:05d}", question, answer,
+                        {"type": kind, "hops": HOPS[kind], "doc_id": d["id"], "module": d["module"], **meta})
+            out[_split_of(d["module"])].append(task)
+
+        for d in callables:
+            bare = d["id"].rsplit(".", 1)[-1]
+            if bare_counts[bare] == 1 and d["id"] in self._search_ids(bare):
+                add(d, "module", f"Which module defines {bare}?", d["module"], name=bare)
+        for d in self.docs:
+            if d["kind"] not in ("function", "method"):
+                continue
+            words = d["summary"].rstrip(".").split()
+            good_summary = 4 <= len(words) <= 14 and summary_counts[d["summary"]] == 1
+            hit = good_summary and self._search_ids(d["summary"])[:1] == [d["id"]]
+            if hit and d["kind"] == "function":
+                add(d, "summary", f"Which function does this: {d['summary'].rstrip('.')}?", d["id"])
+            sig = self._open_text(d).split("\n", 1)[0]
+            for p in d["params"]:
+                dv = p["default"]
+                if dv is None or len(dv) > self.cfg.max_default_len or f"{p['name']}={dv}" not in sig:
+                    continue
+                if d["id"] in self._search_ids(d["id"]):
+                    add(d, "default", f"Default of {p['name']} in {d['id']}?", dv, param=p["name"])
+                if hit:
+                    add(d, "summary_default", f"Default of {p['name']} in the function that does this: "
+                        f"{d['summary'].rstrip('.')}?", dv, param=p["name"])
+        return out
+
+    # ------------------------------------------------------------------ oracle
+    def oracle_action(self, task: Task, turns: Sequence[Turn], rng: np.random.Generator,
+                      recovery_rate: float = 0.0) -> str:
+        """The next oracle action given the trajectory so far (reads observations, not the gold)."""
+        actions = [t for t in turns if t.role == "assistant"]
+        obs = [t.content for t in turns if t.role == "tool"]
+        kind, meta = task.meta["type"], task.meta
+        query = {"module": meta.get("name"), "default": meta["doc_id"]}.get(kind) or \
+            task.question.split("does this: ", 1)[-1].rstrip("?")
+        searched = [json.loads(a.content.split("<tool_call>", 1)[1].split("</tool_call>", 1)[0])
+                    for a in actions]
+        n_search = sum(1 for c in searched if c["name"] == "search")
+        if not actions:
+            miss = recovery_rate > 0 and rng.random() < recovery_rate
+            if miss:
+                return format_action("search", {"query": _typo(query, rng)}, "search for it")
+            return format_action("search", {"query": query}, "search for it")
+        last = obs[-1] if obs else ""
+        if searched[-1]["name"] == "search":
+            hit = _first_hit(last, meta.get("name") if kind == "module" else None)
+            if hit is None:
+                if n_search >= 3:
+                    return format_action("answer", {"text": "unknown"}, "give up")
+                return format_action("search", {"query": query}, "retry the search")
+            if kind == "module":
+                return format_action("answer", {"text": hit[1]}, "found the module")
+            if kind == "summary":
+                return format_action("answer", {"text": hit[0]}, "found it")
+            target = meta["doc_id"] if kind == "default" and meta["doc_id"] in last else hit[0]
+            return format_action("open", {"doc_id": target}, "open it")
+        m = re.search(rf"\b{re.escape(meta['param'])}=([^,)]*)", last)
+        return format_action("answer", {"text": m.group(1) if m else "unknown"}, "read the default")
+
+
+def _typo(query: str, rng: np.random.Generator) -> str:
+    """A realistic miss: a truncated query that no longer names the target."""
+    words = query.replace(".", " ").split()
+    return words[0][: max(2, len(words[0]) // 2)] + "zq"
+
+
+_LINE = re.compile(r"^(\S+): \((\w+) in ([\w.]+)\)", re.M)
+
+
+def _first_hit(observation: str, bare: str | None) -> tuple[str, str] | None:
+    """(doc id, module) of the first search hit (whose last name is ``bare``, if given)."""
+    for m in _LINE.finditer(observation):
+        if bare is None or m.group(1).rsplit(".", 1)[-1] == bare:
+            return m.group(1), m.group(3)
+    return None
+
+
+def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any, recovery_rate: float = 0.1,
+                        seed: int = 0, limit: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Run the oracle through the real tools; returns the agent loop's episode records."""
+    from unimask.agent.loop import LoopConfig, run_episodes
+    from unimask.agent.policy import ScriptedPolicy
+
+    tasks = env.tasks(split)[: limit or None]
+    by_question = {t.question: t for t in tasks}
+    rng = np.random.default_rng(seed)
+
+    def act(turns: list[Turn]) -> str:
+        question = next(t.content for t in turns if t.role == "user")
+        return env.oracle_action(by_question[question], turns, rng, recovery_rate)
+
+    policy = ScriptedPolicy(act, tokenizer)
+    cfg = LoopConfig(max_rounds=6, max_context_tokens=100_000, batch_size=64)
+    return run_episodes(env, tasks, policy, cfg, progress=progress)
+
+
+def breakdown(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """EM/F1 by question type and by hop count."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[f"type={r['meta']['type']}"].append(r)
+        groups[f"hops={r['meta']['hops']}"].append(r)
+    return {k: {"n": len(v), "em": float(np.mean([r["em"] for r in v])), "f1": float(np.mean([r["f1"] for r in v]))}
+            for k, v in sorted(groups.items())}
+
+
+def trivial_baseline(env: DocQAEnvironment, split: str) -> dict[str, float]:
+    """Answer without tools: the most frequent training answer of the question's type."""
+    common: dict[str, str] = {}
+    for kind in TASK_TYPES:
+        answers = Counter(t.answer for t in env.tasks("train") if t.meta["type"] == kind)
+        common[kind] = answers.most_common(1)[0][0] if answers else ""
+    tasks = env.tasks(split)
+    em = [exact_match(common[t.meta["type"]], t.answer) for t in tasks]
+    f1 = [token_f1(common[t.meta["type"]], t.answer) for t in tasks]
+    return {"n": len(tasks), "em": float(np.mean(em)) if em else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0}
