@@ -35,6 +35,9 @@ from unimask.tokenizer.chat import Turn
 
 TASK_TYPES = ("module", "summary", "default", "summary_default")
 HOPS = {"module": 1, "summary": 1, "default": 2, "summary_default": 2}
+# The difficulty knob: "easy" keeps the question types whose search query is a name copied from the
+# question (learnable by tiny models in minutes); "full" adds the paraphrase (summary) questions.
+DIFFICULTY = {"easy": ("module", "default"), "full": TASK_TYPES}
 INSTRUCTIONS = "Answer the question about the Python standard library using the tools."
 
 
@@ -49,22 +52,35 @@ def _short(s: str, n: int) -> str:
 
 @dataclass
 class DocQAConfig:
+    """Settings of the DocQA environment (load with ``unimask.config.load_config``)."""
+
     cache_dir: str = ".unimask_cache"
-    task_types: list[str] = field(default_factory=lambda: list(TASK_TYPES))
+    difficulty: str = "full"  # "easy" or "full" (see DIFFICULTY); task_types, if given, wins
+    task_types: list[str] = field(default_factory=list)
     search_k: int = 3
     max_default_len: int = 12
     seed: int = 0
 
 
 class DocQAEnvironment:
+    """The DocQA environment (``unimask.agent.env.Environment``): tasks, tools and scoring."""
+
     name = "docqa"
 
+    @classmethod
+    def from_config(cls, cfg: DocQAConfig) -> DocQAEnvironment:
+        return cls(cfg.cache_dir, cfg.task_types or None, cfg.search_k, cfg.max_default_len, cfg.seed,
+                   cfg.difficulty)
+
     def __init__(self, cache_dir: str | Path = ".unimask_cache", task_types: Sequence[str] | None = None,
-                 search_k: int = 3, max_default_len: int = 12, seed: int = 0):
+                 search_k: int = 3, max_default_len: int = 12, seed: int = 0, difficulty: str = "full"):
+        if difficulty not in DIFFICULTY:
+            raise ValueError(f"unknown DocQA difficulty {difficulty!r}; choose from {sorted(DIFFICULTY)}")
         bad = [t for t in (task_types or ()) if t not in TASK_TYPES]
         if bad:
             raise ValueError(f"unknown DocQA task types {bad}; choose from {list(TASK_TYPES)}")
-        self.cfg = DocQAConfig(str(cache_dir), list(task_types or TASK_TYPES), search_k, max_default_len, seed)
+        types = list(task_types or DIFFICULTY[difficulty])
+        self.cfg = DocQAConfig(str(cache_dir), difficulty, types, search_k, max_default_len, seed)
         self.docs = load_corpus(Path(cache_dir))
         self.by_id = {d["id"]: d for d in self.docs}
         self.index = BM25Index(self.docs, Path(cache_dir))
@@ -192,7 +208,14 @@ def _first_hit(observation: str, bare: str | None) -> tuple[str, str] | None:
     return None
 
 
-def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any, recovery_rate: float = 0.1,
+class ByteTokenizer:
+    """A stand-in tokenizer for the scripted oracle when none is given: one id per UTF-8 byte."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+
+def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any = None, recovery_rate: float = 0.1,
                         seed: int = 0, limit: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Run the oracle through the real tools; returns the agent loop's episode records."""
     from unimask.agent.loop import LoopConfig, run_episodes
@@ -206,7 +229,7 @@ def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any, recov
         question = next(t.content for t in turns if t.role == "user")
         return env.oracle_action(by_question[question], turns, rng, recovery_rate)
 
-    policy = ScriptedPolicy(act, tokenizer)
+    policy = ScriptedPolicy(act, tokenizer or ByteTokenizer())
     cfg = LoopConfig(max_rounds=6, max_context_tokens=100_000, batch_size=64)
     return run_episodes(env, tasks, policy, cfg, progress=progress)
 
@@ -231,3 +254,38 @@ def trivial_baseline(env: DocQAEnvironment, split: str) -> dict[str, float]:
     em = [exact_match(common[t.meta["type"]], t.answer) for t in tasks]
     f1 = [token_f1(common[t.meta["type"]], t.answer) for t in tasks]
     return {"n": len(tasks), "em": float(np.mean(em)) if em else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0}
+
+
+def to_training_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An episode record in the trajectory JSONL format (``unimask.tokenizer.chat`` turns)."""
+    return {"task_id": record["task_id"], "question": record["question"], "answer": record["answer"],
+            "prediction": record["prediction"], "em": record["em"], "type": record["meta"]["type"],
+            "hops": record["meta"]["hops"], "module": record["meta"]["module"], "turns": record["turns"]}
+
+
+def write_trajectories(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
+    """Write the oracle's episodes as JSONL (atomically); returns the path."""
+    from unimask.io import atomic_write_text
+
+    lines = [json.dumps(to_training_record(r), ensure_ascii=False) for r in records]
+    atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
+    return Path(path)
+
+
+def build_dataset(env: DocQAEnvironment, out_dir: str | Path, tokenizer: Any = None, recovery_rate: float = 0.1,
+                  seed: int = 0) -> dict[str, Any]:
+    """Oracle trajectories for every split plus the metrics report (oracle vs trivial baseline)."""
+    from unimask.io import atomic_write_text
+
+    out = Path(out_dir)
+    report: dict[str, Any] = {"difficulty": env.cfg.difficulty, "task_types": env.cfg.task_types,
+                              "recovery_rate": recovery_rate, "splits": {}}
+    for split in ("train", "val", "test"):
+        recs = oracle_trajectories(env, split, tokenizer, recovery_rate=recovery_rate, seed=seed)
+        write_trajectories(out / f"{split}.jsonl", recs)
+        em = float(np.mean([r["em"] for r in recs])) if recs else 0.0
+        f1 = float(np.mean([r["f1"] for r in recs])) if recs else 0.0
+        report["splits"][split] = {"n": len(recs), "oracle_em": em, "oracle_f1": f1,
+                                   "breakdown": breakdown(recs), "trivial": trivial_baseline(env, split)}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    return report
