@@ -62,11 +62,8 @@ class NativeInfiller(ScriptedBackbone):
         super().__init__(lambda p: "")
         self.fill = answer
 
-    def infill(self, prefixes, suffixes, *, max_new_tokens, **decoding):
-        return [
-            Generation(self.fill(p, s), [], nfe=2, wall_time=0.0, stop_reason="eos")
-            for p, s in zip(prefixes, suffixes, strict=True)
-        ]
+    def infill(self, prefix, suffix, middle_tokens, **decoding):
+        return Generation(self.fill(prefix, suffix), [], nfe=2, wall_time=0.0, stop_reason="eos")
 
 
 def canonical(problems: list[dict], extra: str = "") -> ScriptedBackbone:

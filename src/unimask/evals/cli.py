@@ -31,7 +31,7 @@ def _backbone(checkpoint: str, device: str) -> Any:
         raise FileNotFoundError(
             f"checkpoint {checkpoint} does not exist (pass one of ours or a local HF directory)"
         )
-    return load_backbone(checkpoint, device=device)
+    return load_backbone(checkpoint, device=None if device == "auto" else device)
 
 
 def _decoding(raw: dict[str, Any]) -> dict[str, Any]:

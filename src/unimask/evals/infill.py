@@ -61,9 +61,7 @@ class InfillTask:
 class InfillBackbone(Protocol):
     """A backbone that fills a hole natively (e.g. a masked-diffusion model)."""
 
-    def infill(
-        self, prefixes: Sequence[str], suffixes: Sequence[str], *, max_new_tokens: int, **decoding: Any
-    ) -> list[Generation]: ...
+    def infill(self, prefix: str, suffix: str, middle_tokens: int, **decoding: Any) -> Generation: ...
 
 
 def build_tasks(
@@ -124,11 +122,12 @@ PROMPTS: dict[str, Callable[[str, str], str]] = {
     "fim": fim_prompt,
     "fim-spm": fim_spm_prompt,
 }
+# A model that opens the next sentinel / FIM block has finished the middle, as in unimask.sampling.infill.
 STOPS = {
-    "codegen2": [special.EOM, special.EOS],
-    "fim": [special.EOS, special.EOM],
-    "fim-spm": [special.EOS, special.EOM],
-    "native": [special.EOS],
+    "codegen2": [special.EOM, special.EOS, special.sentinel(2)],
+    "fim": [special.EOS, special.EOM, special.FIM_PREFIX],
+    "fim-spm": [special.EOS, special.EOM, special.FIM_PREFIX],
+    "native": [special.EOS, special.EOM],
 }
 
 
@@ -178,12 +177,9 @@ def infill_generate(backbone: Backbone, fmt: str, max_new_tokens: int, **decodin
         )
 
     def fn(tasks: Sequence[ExecTask]) -> list[Generation]:
-        return backbone.infill(
-            [t.prompt for t in tasks],
-            [t.suffix or "" for t in tasks],
-            max_new_tokens=max_new_tokens,
-            **decoding,
-        )
+        # One hole per call: the sampler's native infill (unimask.sampling.DiffusionBackbone.infill)
+        # places ``middle_tokens`` masks between the prefix and the suffix.
+        return [backbone.infill(t.prompt, t.suffix or "", max_new_tokens, **decoding) for t in tasks]
 
     return fn
 
