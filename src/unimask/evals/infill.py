@@ -10,7 +10,7 @@ it. A completion passes when ``prefix + middle + suffix + test + check(entry_poi
 exact match compares the stripped middle with the canonical one. Prompt formats: ``codegen2``
 (``prefix <mask_1> suffix <|endoftext|> <sep> <mask_1>`` -> middle ``<eom>``), ``fim`` (PSM with
 ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>``), ``fim-spm`` (SPM) and ``native`` (the backbone's
-own ``infill(prefixes, suffixes, ...)``, e.g. a diffusion model filling a masked span).
+own ``infill(prefix, suffix, middle_tokens)``, e.g. a diffusion model filling a masked span).
 """
 
 from __future__ import annotations
