@@ -1,9 +1,32 @@
-"""CLI commands of unimask.experiments (mounted by unimask.cli)."""
+"""CLI: ``unimask compare [CONFIG] [--key value ...]`` -- the matched AR-vs-DLLM agent comparison."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from unimask.cli_utils import OVERRIDES, friendly_errors, overrides_from
+
+
+def compare(
+    ctx: typer.Context,
+    config: Path = typer.Argument(None, help="YAML/TOML CompareConfig; omit for the embedded CPU default"),
+) -> None:
+    """Pre-train AR and DLLM, fine-tune both on the same DocQA trajectories, compare the agents."""
+    from unimask.config import load_config
+    from unimask.experiments.compare import CompareConfig, run_compare
+
+    args = list(ctx.args)
+    if config is not None and str(config).startswith("--"):  # no CONFIG: click took the first override
+        args.insert(0, str(config))
+        config = None
+    ctx.args = args
+    with friendly_errors():
+        cfg = load_config(CompareConfig, config, overrides_from(ctx))
+    run_compare(cfg)
 
 
 def register(root: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
+    """Mount ``unimask compare``."""
+    root.command("compare", context_settings=OVERRIDES)(compare)

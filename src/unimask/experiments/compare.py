@@ -1,0 +1,235 @@
+"""The matched AR-vs-DLLM agent comparison (the DLLM Agent experiment, in miniature).
+
+Stages, each skipped when its output already exists (so an interrupted run resumes):
+
+1. prepare the corpus (stdlib code + docs) and tokenizer;
+2. pre-train an AR model (causal LM) and a DLLM (context-causal block diffusion) of the same
+   shape on the same corpus for the same number of steps and sequences (or start from given
+   checkpoints);
+3. build DocQA and write oracle trajectories (train/val) through the real tools;
+4. fine-tune both on the *same* trajectories with the multi-turn SFT objective: AR causal on
+   actions; DLLM with aligned masks; plus the unaligned-mask DLLM ablation;
+5. run every agent on the same test tasks with the same tools, round cap and budgets, and the
+   DLLM under several decoding settings;
+6. write ``report.md`` with tables, plots and the raw episode logs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unimask.cli_utils import console
+
+
+@dataclass
+class CompareConfig:
+    out_dir: str = "runs/compare"
+    seed: int = 0
+    # corpus and models
+    max_docs: int = 300  # per corpus source
+    vocab_size: int = 4096
+    model_preset: str = "small"
+    model_overrides: dict[str, Any] = field(default_factory=lambda: {"max_seq_len": 1024})
+    ar_init: str = ""  # start from these checkpoints instead of pre-training
+    dllm_init: str = ""
+    pretrain_steps: int = 150
+    pretrain_seq_len: int = 256
+    pretrain_batch: int = 16
+    block_size: int = 8
+    # agent data and fine-tuning
+    task_types: list[str] = field(default_factory=lambda: ["module", "default"])
+    recovery_rate: float = 0.1
+    train_trajectories: int = 2000
+    sft_steps: int = 500
+    sft_batch: int = 16
+    sft_lr: float = 1e-3
+    pretrain_lr: float = 1e-3
+    ablation_sft_steps: int = 0  # 0 = same as sft_steps
+    # evaluation
+    test_tasks: int = 100
+    settings_tasks: int = 40  # tasks for the decoding-settings sweep
+    max_rounds: int = 15
+    max_new_tokens: int = 64
+    max_context_tokens: int = 512
+    threshold: float = 0.9
+    device: str = "auto"
+
+
+def _stage(name: str, marker: Path) -> bool:
+    """True if the stage must run; prints what is skipped."""
+    if marker.exists():
+        console.print(f"[dim]✓ {name}: reusing {marker}[/]")
+        return False
+    console.print(f"[bold cyan]▶ {name}[/]")
+    return True
+
+
+def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, data: dict[str, Any],
+           steps: int, batch: int, lr: float, init_from: str = "") -> Path:
+    from unimask.config import from_dict
+    from unimask.train import TrainConfig
+    from unimask.train.trainer import train
+
+    tc = from_dict(TrainConfig, {
+        "model": {"preset": cfg.model_preset, "overrides": {"vocab_size": cfg.vocab_size, **cfg.model_overrides}},
+        "data": data,
+        "objectives": objectives,
+        "optim": {"lr": lr, "min_lr": lr / 10, "warmup_steps": max(1, steps // 20), "weight_decay": 0.0},
+        "micro_batch_size": batch,
+        "steps": steps,
+        "eval_interval": 0 if steps < 1 else steps,
+        "eval_batches": 2,
+        "checkpoint_interval": steps,
+        "keep_last_k": 1,
+        "log_interval": max(1, steps // 10),
+        "out_dir": str(out),
+        "init_from": init_from,
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "tensorboard": False,
+    })
+    result = train(tc)
+    if result.checkpoint is None:
+        raise RuntimeError(f"training in {out} produced no checkpoint")
+    final = out / "final"
+    if final.exists():
+        import shutil
+
+        shutil.rmtree(final)
+    import shutil
+
+    shutil.copytree(result.checkpoint, final)
+    return final
+
+
+def run_compare(cfg: CompareConfig) -> Path:
+    from unimask.agent.loop import LoopConfig, run_episodes
+    from unimask.data import DataConfig, prepare_data
+    from unimask.envs.docqa import DocQAEnvironment, oracle_trajectories, trivial_baseline
+    from unimask.experiments.report import write_report
+    from unimask.sampling import load_backbone
+    from unimask.tokenizer import Tokenizer
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    timings: dict[str, float] = {}
+
+    # 1. corpus + tokenizer
+    t = time.perf_counter()
+    data_dir = out / "data"
+    if _stage("prepare corpus and tokenizer", data_dir / "meta.json"):
+        from unimask.config import from_dict
+
+        dc = from_dict(DataConfig, {"out_dir": str(data_dir), "max_docs": cfg.max_docs, "seed": cfg.seed,
+                                    "tokenizer": {"vocab_size": cfg.vocab_size}})
+        prepare_data(dc)
+    tokenizer = Tokenizer.load(data_dir)
+    timings["prepare"] = time.perf_counter() - t
+
+    # 2. matched pre-training
+    packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
+    pre = {}
+    for name, objective, init in (
+        ("ar", [{"name": "causal"}], cfg.ar_init),
+        ("dllm", [{"name": "block_diffusion", "params": {"block_size": cfg.block_size, "clean_attention": "causal",
+                                                          "ar_weight": 0.5}}], cfg.dllm_init),
+    ):
+        t = time.perf_counter()
+        if init:
+            pre[name] = Path(init)
+            continue
+        final = out / f"pretrain_{name}" / "final"
+        if _stage(f"pre-train {name.upper()} ({cfg.pretrain_steps} steps x {cfg.pretrain_batch} x "
+                  f"{cfg.pretrain_seq_len} tokens)", final / "config.json"):
+            _train(cfg, out / f"pretrain_{name}", objective, data=packed, steps=cfg.pretrain_steps,
+                   batch=cfg.pretrain_batch, lr=cfg.pretrain_lr)
+        pre[name] = final
+        timings[f"pretrain_{name}"] = time.perf_counter() - t
+
+    # 3. environment + oracle trajectories
+    t = time.perf_counter()
+    env = DocQAEnvironment(out / "cache", task_types=cfg.task_types, seed=cfg.seed)
+    traj_dir = out / "trajectories"
+    if _stage("oracle trajectories through the real tools", traj_dir / "val.jsonl"):
+        traj_dir.mkdir(exist_ok=True)
+        for split, limit in (("train", cfg.train_trajectories), ("val", 100)):
+            recs = oracle_trajectories(env, split, tokenizer, cfg.recovery_rate, cfg.seed, limit)
+            good = [r for r in recs if r["em"] == 1.0]
+            console.print(f"  {split}: {len(good)}/{len(recs)} oracle episodes correct")
+            from unimask.io import atomic_write_text
+
+            atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
+    timings["trajectories"] = time.perf_counter() - t
+
+    # 4. matched fine-tuning
+    lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
+            for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
+    max_len = min(max(lens) + 32, 1024)
+    sft_data = {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
+                "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
+    arms = {
+        "AR": ([{"name": "agent_sft_ar"}], pre["ar"], cfg.sft_steps),
+        "DLLM": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size}}], pre["dllm"],
+                 cfg.sft_steps),
+        "DLLM unaligned": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size,
+                                                                      "aligned": False}}],
+                           pre["dllm"], cfg.ablation_sft_steps or cfg.sft_steps),
+    }
+    sft = {}
+    for arm, (objective, init, steps) in arms.items():
+        t = time.perf_counter()
+        run_dir = out / ("sft_" + arm.lower().replace(" ", "_"))
+        if _stage(f"fine-tune {arm} on the oracle trajectories ({steps} steps)", run_dir / "final" / "config.json"):
+            _train(cfg, run_dir, objective, data=sft_data, steps=steps, batch=cfg.sft_batch, lr=cfg.sft_lr,
+                   init_from=str(init))
+        sft[arm] = run_dir / "final"
+        timings[f"sft_{arm}"] = time.perf_counter() - t
+
+    # 5. agents on the same test tasks
+    tasks = env.tasks("test")
+    step = max(1, len(tasks) // cfg.test_tasks)
+    tasks = tasks[::step][: cfg.test_tasks]
+    loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
+                      max_context_tokens=cfg.max_context_tokens, batch_size=1)
+    device = None if cfg.device == "auto" else cfg.device
+    dllm_default = {"threshold": cfg.threshold}
+    runs: dict[str, dict[str, Any]] = {
+        "AR": {"ckpt": sft["AR"], "decoding": {}, "tasks": tasks},
+        "DLLM": {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": tasks},
+        "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default, "tasks": tasks},
+    }
+    sweep = tasks[: cfg.settings_tasks]
+    for label, dec in (
+        ("DLLM one token/step", {"threshold": None, "steps": None}),
+        ("DLLM threshold 0.7", {"threshold": 0.7}),
+        ("DLLM threshold 0.5", {"threshold": 0.5}),
+    ):
+        runs[label] = {"ckpt": sft["DLLM"], "decoding": dec, "tasks": sweep}
+    runs["AR (sweep subset)"] = {"ckpt": sft["AR"], "decoding": {}, "tasks": sweep}
+    runs["DLLM (sweep subset)"] = {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": sweep}
+    episodes: dict[str, list[dict[str, Any]]] = {}
+    ep_dir = out / "episodes"
+    ep_dir.mkdir(exist_ok=True)
+    for label, spec in runs.items():
+        path = ep_dir / (label.lower().replace(" ", "_").replace("/", "").replace(".", "") + ".jsonl")
+        if path.exists() and len(path.read_text().splitlines()) == len(spec["tasks"]):
+            episodes[label] = [json.loads(x) for x in path.read_text().splitlines()]
+            console.print(f"[dim]✓ agent run {label}: reusing {path}[/]")
+            continue
+        console.print(f"[bold cyan]▶ agent run: {label} on {len(spec['tasks'])} test tasks[/]")
+        backbone = load_backbone(spec["ckpt"], device=device, **spec["decoding"])
+        tmp = path.with_suffix(".partial")
+        tmp.unlink(missing_ok=True)
+        episodes[label] = run_episodes(env, spec["tasks"], backbone, loop, log_path=tmp)
+        tmp.replace(path)
+    baseline = trivial_baseline(env, "test")
+    timings["total"] = time.perf_counter() - t_start
+    report = write_report(out, episodes, baseline, cfg, timings)
+    console.print(f"[bold green]report:[/] {report}")
+    return report
