@@ -173,8 +173,8 @@ class HFCausalLM(torch.nn.Module):
 
     @staticmethod
     def _check_causal(s: AttentionStructure) -> None:
-        blk = s.block_ids
-        causal_blocks = (blk[:, 1:] > blk[:, :-1]) | (s.doc_ids[:, 1:] != s.doc_ids[:, :-1])
+        blk, doc = s.block_ids, s.doc_ids
+        causal_blocks = (blk[:, 1:] > blk[:, :-1]) | (doc[:, 1:] != doc[:, :-1]) | (doc[:, 1:] < 0)
         if bool(s.noisy.any()) or not bool(causal_blocks.all()):
             raise ValueError("HFCausalLM supports causal attention only (one block per token, no noisy tokens)")
 
