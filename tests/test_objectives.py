@@ -205,7 +205,7 @@ def test_bad_params_are_clear_errors(tiny_tokenizer):
 def _snapshot(tok) -> dict:
     out = {}
     for name in objective_names():
-        _, _, ex = make(name, tok, seed=1)
+        _, _, ex = make(name, tok, seed=1, **({"fim_rate": 1.0} if name == "fim" else {}))
         out[name] = {
             "text": tok.decode(ex.input_ids.tolist()),
             "labels": ex.labels.tolist(),
