@@ -1,0 +1,166 @@
+"""Samplers: AR batching and cache, infill formats, diffusion schedules, caches and NFE accounting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unimask.model import AttentionStructure, Transformer
+from unimask.presets import model_preset
+from unimask.sampling import ARBackbone, DiffusionBackbone, infill, infill_prompt
+from unimask.sampling.decoding import filter_logits
+from unimask.sampling.diffusion import choose_commits, num_transfer_tokens
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(model_preset("tiny")).eval()
+
+
+def reference_greedy(model, ids: list[int], n: int) -> list[int]:
+    """Greedy decoding by full re-forward every step (no cache, no padding)."""
+    x = torch.tensor([ids])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(model(x)[0, -1].argmax())
+            out.append(t)
+            x = torch.cat([x, torch.tensor([[t]])], 1)
+    return out
+
+
+def test_ar_matches_uncached_reference_in_a_padded_batch(model, tiny_tokenizer):
+    ar = ARBackbone(model, tiny_tokenizer)
+    prompts = ["def f(x):\n    return", "import json", "class A:\n    pass\n"]
+    gens = ar.generate(prompts, max_new_tokens=8, stop_token_ids=[])
+    for p, g in zip(prompts, gens, strict=True):
+        assert g.token_ids == reference_greedy(model, tiny_tokenizer.encode(p), 8)
+        assert g.nfe == 8 and g.stop_reason == "length"
+
+
+def test_ar_stop_strings_seeds_and_processor(model, tiny_tokenizer):
+    ar = ARBackbone(model, tiny_tokenizer)
+    g = ar.generate(["x = 1"], max_new_tokens=12, stop_token_ids=[])[0]
+    stop = g.text[3:6]
+    cut = ar.generate(["x = 1"], max_new_tokens=12, stop=[stop], stop_token_ids=[])[0]
+    assert cut.stop_reason == "stop" and stop not in cut.text and g.text.startswith(cut.text)
+    a = ar.generate(["x = 1"], max_new_tokens=10, temperature=1.0, seed=5)[0]
+    b = ar.generate(["x = 1"], max_new_tokens=10, temperature=1.0, seed=5)[0]
+    assert a.token_ids == b.token_ids
+    banned = g.token_ids[0]
+
+    def ban(history, logits):
+        logits[:, banned] = float("-inf")
+        return logits
+
+    assert ar.generate(["x = 1"], max_new_tokens=4, logits_processor=ban)[0].token_ids[0] != banned
+    seen: list[str] = []
+    ar.generate(["x = 1"], max_new_tokens=5, stop_token_ids=[], on_update=lambda i, t: seen.append(t))
+    assert len(seen) == 5
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all()
+    probs = logits.softmax(-1)[0]
+    kept = ~torch.isinf(filter_logits(logits, top_p=float(probs[0]) + 1e-3)[0])
+    assert kept.tolist() == [True, True, False, False]
+
+
+def test_infill_prompts():
+    assert infill_prompt("a", "c", "codegen2") == "a<mask_1>c<|endoftext|><sep><mask_1>"
+    assert infill_prompt("a", "c", "fim_psm") == "<fim_prefix>a<fim_suffix>c<fim_middle>"
+    assert infill_prompt("a", "c", "fim_spm") == "<fim_prefix><fim_suffix>c<fim_middle>a"
+
+
+def test_schedule_matches_llada():
+    k = num_transfer_tokens(torch.tensor([10, 3]), 4)
+    assert k.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0]]
+
+
+def test_choose_commits_low_confidence_and_threshold():
+    logits = torch.log(torch.tensor([[[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]]))
+    x = torch.tensor([[9, 9, 9]])
+    masked = torch.tensor([[True, True, True]])
+    new, commit = choose_commits(logits, x, masked, torch.tensor([1]), None, "low_confidence", 0.0, None)
+    assert commit.tolist() == [[True, False, False]] and new.tolist() == [[0, 9, 9]]
+    new, commit = choose_commits(logits, x, masked, None, 0.7, "low_confidence", 0.0, None)
+    assert commit.tolist() == [[True, False, True]] and new.tolist() == [[0, 9, 1]]
+    _, commit = choose_commits(logits, x, masked, None, 0.99, "low_confidence", 0.0, None)
+    assert int(commit.sum()) == 1  # at least one token per step
+
+
+def test_block_diffusion_cached_decoding_equals_uncached(model, tiny_tokenizer):
+    """The exact-cache block sampler commits the same tokens as an uncached re-forward of the
+    x_0 ⊕ noisy-block layout, step for step (one token per step)."""
+    tok = tiny_tokenizer
+    d = DiffusionBackbone(model, tok, mode="block", block_length=4)
+    prompt = tok.encode("def f(x):")
+    g = d.generate(["def f(x):"], max_new_tokens=8, threshold=None, stop_token_ids=[])[0]
+    # uncached reference
+    x0 = list(prompt)
+    P = len(prompt)
+    with torch.no_grad():
+        for s in range(P, P + 8, 4):
+            block = [tok.mask_id] * 4
+            while tok.mask_id in block:
+                L = len(x0)
+                pos = torch.arange(L)
+                st = AttentionStructure(
+                    torch.zeros(1, L + 4, dtype=torch.long),
+                    torch.cat([pos, torch.full((4,), s)])[None],
+                    torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])[None],
+                    torch.cat([pos, torch.arange(s, s + 4)])[None],
+                )
+                logits = model(torch.tensor([x0 + block]), st)[:, L:].clone()
+                logits[..., tok.mask_id] = float("-inf")
+                p = logits.softmax(-1)[0]
+                conf, arg = p.max(-1)
+                conf = torch.where(torch.tensor(block) == tok.mask_id, conf, torch.tensor(-1.0))
+                j = int(conf.argmax())
+                block[j] = int(arg[j])
+            x0 += block
+    ref = x0[P:]
+    cut = next((i for i, t in enumerate(ref) if t in (tok.eos_id, tok.pad_id)), len(ref))
+    assert g.token_ids == ref[:cut]
+    assert g.nfe == 8  # 4 steps per block, the clean-block commit folded into the next block's first step
+
+
+def test_parallel_decoding_cuts_nfe(model, tiny_tokenizer):
+    d = DiffusionBackbone(model, tiny_tokenizer, mode="block", block_length=8)
+    slow = d.generate(["x"], max_new_tokens=16, threshold=None)[0]
+    fast = d.generate(["x"], max_new_tokens=16, threshold=0.0)[0]
+    assert fast.nfe * 4 <= slow.nfe and fast.info["tokens_per_step"] >= 4
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_full_diffusion_caches_run_and_count(model, tiny_tokenizer, cache):
+    d = DiffusionBackbone(model, tiny_tokenizer, mode="full", block_length=4)
+    g = d.generate(["def f("], max_new_tokens=8, threshold=None, steps=8, cache=cache)[0]
+    assert g.nfe == 8 and tiny_tokenizer.mask_id not in g.token_ids
+
+
+def test_full_diffusion_without_cache_is_exact_llada(model, tiny_tokenizer):
+    """cache='none' re-forwards everything; 'prefix' with one block equals it on the first step."""
+    d = DiffusionBackbone(model, tiny_tokenizer, mode="full", block_length=8)
+    a = d.generate(["import os"], max_new_tokens=8, threshold=None, steps=8, cache="none")[0]
+    b = d.generate(["import os"], max_new_tokens=8, threshold=None, steps=8, cache="prefix")[0]
+    assert a.token_ids[:1] == b.token_ids[:1]
+
+
+def test_native_and_ar_infill_return_middle_only(model, tiny_tokenizer):
+    ar = ARBackbone(model, tiny_tokenizer)
+    g = infill(ar, "def f(x):\n    return ", "\n", "codegen2", max_new_tokens=6)
+    assert "<sep>" not in g.text and "def f" not in g.text
+    d = DiffusionBackbone(model, tiny_tokenizer, mode="full")
+    g = infill(d, "def f(x):\n    return ", "\n", "native", max_new_tokens=5)
+    assert len(g.token_ids) <= 5 and g.nfe >= 1
+    with pytest.raises(ValueError, match="no native infilling"):
+        infill(ar, "a", "b", "native")
+
+
+def test_context_overflow_is_a_clear_error(model, tiny_tokenizer):
+    ar = ARBackbone(model, tiny_tokenizer)
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        ar.generate(["x " * 300], max_new_tokens=10)
