@@ -70,11 +70,12 @@ class AgentSFTDiffusion:
     tokenizer: object
     block_size: int = 16
     aligned: bool = True
+    pad_final_block: bool = True  # fill each action's last block with <|pad|> targets, as decoded
     eps: float = 1e-3
     name: str = "agent_sft_diffusion"
 
     def max_length(self, n: int) -> int:
-        return 2 * n if self.aligned else n
+        return 2 * n + (n // 2 if self.pad_final_block else 0) if self.aligned else n
 
     def __call__(self, raw: TurnSequence, rng: np.random.Generator) -> TrainingExample:
         _check(raw)
@@ -106,4 +107,33 @@ class AgentSFTDiffusion:
         weights = torch.zeros(len(ids))
         labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
         weights[L:] = m.float() / (tt * n_action)
-        return TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        if self.pad_final_block:
+            ex = self._pad_blocks(ex, segments, ts, n_action, rng)
+        return ex
+
+    def _pad_blocks(self, ex: TrainingExample, segments: list[tuple[int, int]], ts: list[float], n_action: int,
+                    rng: np.random.Generator) -> TrainingExample:
+        """A sampler decodes whole blocks: teach the positions after an action's end to be padding.
+
+        Each action's last, partial block gets noisy extension tokens at the positions that follow it
+        (same block id, so they see exactly what the block sees) with ``<|pad|>`` targets.
+        """
+        parts: dict[str, list[torch.Tensor]] = {k: [getattr(ex, k)] for k in
+                                                 ("input_ids", "labels", "loss_weights", "doc_ids", "block_ids",
+                                                  "noisy", "position_ids")}
+        pad = self.tokenizer.pad_id
+        for i, (s, e) in enumerate(segments):
+            last = i + 1 == len(segments) or segments[i + 1][0] != e
+            n = self.block_size - (e - s)
+            if not last or n <= 0:
+                continue
+            masked = torch.from_numpy(rng.random(n) < ts[i])
+            parts["input_ids"].append(torch.where(masked, torch.tensor(self.tokenizer.mask_id), torch.tensor(pad)))
+            parts["labels"].append(torch.where(masked, torch.tensor(pad), torch.tensor(IGNORE)))
+            parts["loss_weights"].append(masked.float() / (ts[i] * n_action))
+            parts["doc_ids"].append(torch.zeros(n, dtype=torch.long))
+            parts["block_ids"].append(torch.full((n,), s, dtype=torch.long))
+            parts["noisy"].append(torch.ones(n, dtype=torch.bool))
+            parts["position_ids"].append(torch.arange(e, e + n))
+        return TrainingExample(**{k: torch.cat(v) for k, v in parts.items()}, objective=self.name)
