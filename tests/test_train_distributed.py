@@ -24,7 +24,7 @@ def _run(out_dir: Path, nproc: int, strategy: str, micro: int, accum: int, steps
            str(SUPPORT), str(out_dir), str(steps), "--set", "distributed", strategy,
            "--set", "micro_batch_size", str(micro), "--set", "grad_accum", str(accum),
            "--set", "checkpoint_interval", "2", "--set", "optim.fused", "false",
-           "--set", "optim.warmup_steps", "2"]
+           "--set", "optim.warmup_steps", "2", "--set", "eval_interval", "2"]  # evals before saves (FSDP2 reshard)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

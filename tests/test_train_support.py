@@ -148,7 +148,8 @@ def child_main(argv: list[str]) -> None:
         ckpt.write_state = write_half_then_die
     overrides = {k.replace(".", "__"): yaml.safe_load(v) for k, v in args.set}
     cfg = tiny_config(args.out_dir, steps=args.steps, **overrides)
-    res = trainer_mod.train(cfg, tokenizer=tok, train_source=ListSource(stdlib_windows(tok)))
+    windows = stdlib_windows(tok)
+    res = trainer_mod.train(cfg, tokenizer=tok, train_source=ListSource(windows), val_raws=windows[:4])
     if int(os.environ.get("RANK", "0")) == 0:
         (args.out_dir / "losses.json").write_text(json.dumps(res.losses))
     print("DONE", flush=True)

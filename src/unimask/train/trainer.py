@@ -356,10 +356,19 @@ class Trainer:
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
             return t
 
-        return validation_loss(
+        out = validation_loss(
             self.model, mine, self._val_objectives(), self.tokenizer.pad_id, self.device,
             self.cfg.micro_batch_size, self.amp_dtype, seed=self.cfg.seed + 1, reduce=reduce, offset=lo,
         )
+        if self.info.enabled and self.cfg.distributed == "fsdp":
+            # no-grad forwards leave FSDP2 roots unsharded; reshard so parameters are the
+            # sharded ones the optimizer holds (state-dict gathering keys on them)
+            from torch.distributed.fsdp import FSDPModule
+
+            for m in self.raw_model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+        return out
 
     def fit(self) -> TrainResult:
         cfg, info = self.cfg, self.info
