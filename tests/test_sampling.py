@@ -164,3 +164,37 @@ def test_context_overflow_is_a_clear_error(model, tiny_tokenizer):
     ar = ARBackbone(model, tiny_tokenizer)
     with pytest.raises(ValueError, match="exceeds the model context"):
         ar.generate(["x " * 300], max_new_tokens=10)
+
+
+def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tmp_path):
+    from unimask.agent.protocol import parse_action, tool_call_schema
+    from unimask.agent.tools import BM25Index, answer_tool, open_tool, search_tool
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    docs = [{"id": "json.dumps", "title": "json.dumps", "text": "serialize objects"}]
+    tools = [search_tool(BM25Index(docs, tmp_path), lambda d: d["text"]), open_tool(docs, lambda d: d["text"]),
+             answer_tool()]
+    c = ToolCallConstraint(tool_call_schema(tools), max_think_chars=10)
+    assert c.valid('<think>hm</think><tool_call>{"name": "sea')
+    assert c.valid('<tool_call>{"name": "search", "arguments": {"query": "a", "k": 3}}</tool_')
+    for bad in ('<tool_call>{"name": "fly', '<tool_call>{"name": f', '<tool_call>{"name": "search", "arguments": {"k": "3"',
+                '<tool_call>{"name": "search", "arguments": {"k": 3}}', '<tool_call>{"name": "answer", "arguments": '
+                '{"text": "a", ', '<think>' + "x" * 11, '<tool_call>{"name": "answer", "arguments": {"text": "<|end'):
+        assert not c.valid(bad), bad
+    assert c.complete('<tool_call>{"name": "answer", "arguments": {"text": "a"}}</tool_call>')
+    seen: list[str] = []
+
+    class Spy(ToolCallConstraint):
+        def commit_run(self, text, *a, **k):
+            out = super().commit_run(text, *a, **k)
+            seen.append(text)
+            return out
+
+    spy = Spy(tool_call_schema(tools), max_think_chars=10)
+    prompt = ["<|user|>q<|end|><|assistant|>"]
+    for bb in (ARBackbone(model, tiny_tokenizer), DiffusionBackbone(model, tiny_tokenizer, mode="block", block_length=8)):
+        g = bb.generate(prompt, max_new_tokens=96, stop=["<|end|>"], constraint=spy)[0]
+        assert c.valid(g.text), g.text  # an untrained model, yet every committed prefix is valid
+        if c.complete(g.text):
+            assert parse_action(g.text, tools).ok
+    assert seen and all(c.valid(t) for t in seen)

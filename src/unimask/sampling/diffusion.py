@@ -92,6 +92,19 @@ def choose_commits(
     return torch.where(commit, x0, x), commit
 
 
+def _constrained(constraint: Any, tok: Tokenizer, before: Tensor, block: Tensor, masked: Tensor, logits: Tensor,
+                 threshold: float | None) -> tuple[Tensor, Tensor]:
+    """A constrained step: commit the left-contiguous run ``constraint.commit_run`` allows."""
+    commits = constraint.commit_run(tok.decode(before.tolist()), block[0].tolist(), masked[0].tolist(), logits[0],
+                                    tok, threshold, tok.mask_id)
+    block = block.clone()
+    commit = torch.zeros_like(masked)
+    for pos, t in commits:
+        block[0, pos] = t
+        commit[0, pos] = True
+    return block, commit
+
+
 class DiffusionBackbone:
     """``generate`` for diffusion checkpoints (see the module docstring for the modes)."""
 
@@ -184,11 +197,11 @@ class DiffusionBackbone:
             s, e = P + b * bl, P + (b + 1) * bl
             if self.mode == "block":
                 x, used = self._decode_block_cached(x, s, e, pending, cache, steps_per_block, threshold, opts,
-                                                    generator, constraint)
+                                                    generator, constraint, P)
                 pending = x[:, s:e]
             else:
                 x, used = self._denoise_full(x, slice(s, e), {**opts, "steps": steps_per_block}, generator,
-                                             constraint=constraint)
+                                             constraint=constraint, gen_start=P)
             nfe += used
             text, out, reason = self._finish(x[0, P:e].tolist(), stops)
             if on_update is not None:
@@ -202,7 +215,7 @@ class DiffusionBackbone:
 
     def _decode_block_cached(self, x: Tensor, s: int, e: int, pending: Tensor, cache: Any, steps: int,
                              threshold: float | None, opts: dict[str, Any], generator: torch.Generator | None,
-                             constraint: Any) -> tuple[Tensor, int]:
+                             constraint: Any, gen_start: int) -> tuple[Tensor, int]:
         """Exact-cache block decoding. The first step also commits ``pending`` clean tokens."""
         tok = self.tokenizer
         start = cache.length
@@ -226,11 +239,12 @@ class DiffusionBackbone:
             else:
                 logits = self.model(block, self._noisy(s, e), kv_cache=cache, commit=False)
             nfe += 1
-            allowed = constraint.allowed_positions(x[0, :s].tolist(), block[0].tolist(), logits[0], tok)[None] \
-                if constraint is not None else None
-            k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-            block, commit = choose_commits(logits, block, masked, k, threshold, opts["remasking"],
-                                           float(opts.get("temperature", 0.0)), generator, allowed, tok.mask_id)
+            if constraint is not None:
+                block, commit = _constrained(constraint, tok, x[0, gen_start:s], block, masked, logits, threshold)
+            else:
+                k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
+                block, commit = choose_commits(logits, block, masked, k, threshold, opts["remasking"],
+                                               float(opts.get("temperature", 0.0)), generator, None, tok.mask_id)
             masked &= ~commit
             step += 1
         x = x.clone()
@@ -245,7 +259,7 @@ class DiffusionBackbone:
                                   torch.ones(1, n, dtype=torch.bool, device=self.device), pos)
 
     def _denoise_full(self, x: Tensor, region: slice, opts: dict[str, Any], generator: torch.Generator | None,
-                      constraint: Any = None) -> tuple[Tensor, int]:
+                      constraint: Any = None, gen_start: int = 0) -> tuple[Tensor, int]:
         """LLaDA-style bidirectional denoising of ``x[:, region]`` (everything else visible)."""
         tok = self.tokenizer
         L = x.shape[1]
@@ -274,11 +288,12 @@ class DiffusionBackbone:
             nfe += 1
             blk = x[:, s:e]
             masked = blk == tok.mask_id
-            k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-            allowed = constraint.allowed_positions(x[0, :s].tolist(), blk[0].tolist(), logits[0], tok)[None] \
-                if constraint is not None else None
-            new, _ = choose_commits(logits, blk, masked, k, threshold, opts.get("remasking", "low_confidence"),
-                                    float(opts.get("temperature", 0.0)), generator, allowed, tok.mask_id)
+            if constraint is not None:
+                new, _ = _constrained(constraint, tok, x[0, gen_start:s], blk, masked, logits, threshold)
+            else:
+                k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
+                new, _ = choose_commits(logits, blk, masked, k, threshold, opts.get("remasking", "low_confidence"),
+                                        float(opts.get("temperature", 0.0)), generator, None, tok.mask_id)
             x = x.clone()
             x[:, s:e] = new
             step += 1
