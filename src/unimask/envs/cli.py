@@ -60,7 +60,7 @@ def build(
 @env_app.command("sample")
 def sample(
     name: str = typer.Argument("docqa", help="environment name"),
-    n: int = typer.Option(5, help="questions to show"),
+    n: int = typer.Option(5, "--n", "-n", help="questions to show"),
     split: str = typer.Option("train"),
     tokenizer: str = typer.Option(None, help="tokenizer.json (or checkpoint dir) for token counts"),
     cache_dir: str = typer.Option(_CACHE),

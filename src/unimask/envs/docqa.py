@@ -148,7 +148,7 @@ class DocQAEnvironment:
             sig = self._open_text(d).split("\n", 1)[0]
             for p in d["params"]:
                 dv = p["default"]
-                if dv is None or len(dv) > self.cfg.max_default_len or f"{p['name']}={dv}" not in sig:
+                if dv is None or len(dv) > self.cfg.max_default_len or _read_default(sig, p["name"]) != dv:
                     continue
                 if d["id"] in self._search_ids(d["id"]):
                     add(d, "default", f"Default of {p['name']} in {d['id']}?", dv, param=p["name"])
@@ -187,14 +187,37 @@ class DocQAEnvironment:
                 return format_action("answer", {"text": hit[0]}, "found it")
             target = meta["doc_id"] if kind == "default" and meta["doc_id"] in last else hit[0]
             return format_action("open", {"doc_id": target}, "open it")
-        m = re.search(rf"\b{re.escape(meta['param'])}=([^,)]*)", last)
-        return format_action("answer", {"text": m.group(1) if m else "unknown"}, "read the default")
+        value = _read_default(last.split("\n", 1)[0], meta["param"])
+        return format_action("answer", {"text": value or "unknown"}, "read the default")
 
 
 def _typo(query: str, rng: np.random.Generator) -> str:
     """A realistic miss: a truncated query that no longer names the target."""
     words = query.replace(".", " ").split()
     return words[0][: max(2, len(words[0]) // 2)] + "zq"
+
+
+def _read_default(signature: str, param: str) -> str | None:
+    """The default written after ``param=`` in a signature line, up to its top-level ``,`` or ``)``."""
+    m = re.search(rf"[(,*\s]{re.escape(param)}=", signature)
+    if m is None:
+        return None
+    depth, quote, i = 0, "", m.end()
+    for j in range(i, len(signature)):
+        ch = signature[j]
+        if quote:
+            quote = "" if ch == quote and signature[j - 1] != "\\" else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            if depth == 0:
+                return signature[i:j]
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return signature[i:j]
+    return None
 
 
 _LINE = re.compile(r"^(\S+): \((\w+) in ([\w.]+)\)", re.M)
