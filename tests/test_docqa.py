@@ -164,8 +164,9 @@ def test_read_default_recovers_any_parameter(defaults: list[str], data: st.DataO
 def test_cli_build_and_sample(env: DocQAEnvironment, tmp_path: Path, monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from unimask.cli import app
+    from unimask.cli import _mount, app
 
+    _mount()  # what unimask.cli.main does before dispatching
     runner = CliRunner()
     res = runner.invoke(app, ["env", "sample", "docqa", "--n", "3", "--split", "test",
                               "--cache-dir", str(env.cfg.cache_dir)])
