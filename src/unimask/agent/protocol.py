@@ -89,10 +89,6 @@ def tool_call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
 
 def system_prompt(tools: Sequence[Tool], instructions: str = "") -> str:
     """A compact system turn listing the tools (small models, short contexts)."""
-    lines = [instructions.strip()] if instructions else []
-    lines.append("Tools:")
-    for t in tools:
-        args = ", ".join(t.parameters.get("properties", {}))
-        lines.append(f"- {t.name}({args}): {t.description}")
-    lines.append(f'Reply with {sp.TOOL_CALL_START}{{"name": ..., "arguments": {{...}}}}{sp.TOOL_CALL_END}.')
-    return "\n".join(lines)
+    listing = " | ".join(f"{t.name}({', '.join(t.parameters.get('properties', {}))})" for t in tools)
+    head = f"{instructions.strip()} " if instructions else ""
+    return f"{head}Tools: {listing}. Reply with {sp.TOOL_CALL_START}{{\"name\", \"arguments\"}}{sp.TOOL_CALL_END}."

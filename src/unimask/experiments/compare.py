@@ -16,6 +16,7 @@ Stages, each skipped when its output already exists (so an interrupted run resum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,6 +57,7 @@ class CompareConfig:
     max_new_tokens: int = 64
     max_context_tokens: int = 512
     threshold: float = 0.9
+    constrained: bool = True  # schema-constrained tool calls for every agent (the sweep turns it off)
     device: str = "auto"
     # Decoding tiny models on CPU is latency-bound: one intra-op thread avoids OpenMP stalls on a
     # busy machine (measured 100x slower with 2 threads under load) and treats both backbones alike.
@@ -199,23 +201,27 @@ def run_compare(cfg: CompareConfig) -> Path:
     step = max(1, len(tasks) // cfg.test_tasks)
     tasks = tasks[::step][: cfg.test_tasks]
     loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
-                      max_context_tokens=cfg.max_context_tokens, batch_size=1)
+                      max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
+    free = dataclasses.replace(loop, constrained=not cfg.constrained)
+    free_label = "unconstrained" if cfg.constrained else "constrained"
     device = None if cfg.device == "auto" else cfg.device
     dllm_default = {"threshold": cfg.threshold}
     runs: dict[str, dict[str, Any]] = {
-        "AR": {"ckpt": sft["AR"], "decoding": {}, "tasks": tasks},
-        "DLLM": {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": tasks},
-        "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default, "tasks": tasks},
+        "AR": {"ckpt": sft["AR"], "decoding": {}, "tasks": tasks, "loop": loop},
+        "DLLM": {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
+        "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
     }
     sweep = tasks[: cfg.settings_tasks]
-    for label, dec in (
-        ("DLLM one token/step", {"threshold": None, "steps": None}),
-        ("DLLM threshold 0.7", {"threshold": 0.7}),
-        ("DLLM threshold 0.5", {"threshold": 0.5}),
+    for label, ckpt, dec, lp in (
+        ("AR (sweep subset)", sft["AR"], {}, loop),
+        (f"AR {free_label}", sft["AR"], {}, free),
+        ("DLLM (sweep subset)", sft["DLLM"], dllm_default, loop),
+        (f"DLLM {free_label}", sft["DLLM"], dllm_default, free),
+        ("DLLM one token/step", sft["DLLM"], {"threshold": None, "steps": None}, loop),
+        ("DLLM threshold 0.7", sft["DLLM"], {"threshold": 0.7}, loop),
+        ("DLLM threshold 0.5", sft["DLLM"], {"threshold": 0.5}, loop),
     ):
-        runs[label] = {"ckpt": sft["DLLM"], "decoding": dec, "tasks": sweep}
-    runs["AR (sweep subset)"] = {"ckpt": sft["AR"], "decoding": {}, "tasks": sweep}
-    runs["DLLM (sweep subset)"] = {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": sweep}
+        runs[label] = {"ckpt": ckpt, "decoding": dec, "tasks": sweep, "loop": lp}
     episodes: dict[str, list[dict[str, Any]]] = {}
     if cfg.eval_threads > 0:
         import torch
@@ -233,7 +239,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         backbone = load_backbone(spec["ckpt"], device=device, **spec["decoding"])
         tmp = path.with_suffix(".partial")
         tmp.unlink(missing_ok=True)
-        episodes[label] = run_episodes(env, spec["tasks"], backbone, loop, log_path=tmp)
+        episodes[label] = run_episodes(env, spec["tasks"], backbone, spec["loop"], log_path=tmp)
         tmp.replace(path)
     baseline = trivial_baseline(env, "test")
     timings["total"] = time.perf_counter() - t_start
