@@ -37,7 +37,7 @@ class CompareConfig:
     model_overrides: dict[str, Any] = field(default_factory=lambda: {"max_seq_len": 1024})
     ar_init: str = ""  # start from these checkpoints instead of pre-training
     dllm_init: str = ""
-    pretrain_steps: int = 150
+    pretrain_steps: int = 100
     pretrain_seq_len: int = 256
     pretrain_batch: int = 16
     block_size: int = 8
@@ -45,14 +45,14 @@ class CompareConfig:
     task_types: list[str] = field(default_factory=lambda: ["module", "default"])
     recovery_rate: float = 0.1
     train_trajectories: int = 2000
-    sft_steps: int = 500
-    sft_batch: int = 16
-    sft_lr: float = 1e-3
+    sft_steps: int = 800
+    sft_batch: int = 8
+    sft_lr: float = 2e-3
     pretrain_lr: float = 1e-3
     ablation_sft_steps: int = 0  # 0 = same as sft_steps
     # evaluation
-    test_tasks: int = 100
-    settings_tasks: int = 40  # tasks for the decoding-settings sweep
+    test_tasks: int = 60
+    settings_tasks: int = 20  # tasks for the decoding-settings sweep
     max_rounds: int = 15
     max_new_tokens: int = 64
     max_context_tokens: int = 512
