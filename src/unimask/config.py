@@ -132,7 +132,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in types_]
     if unknown:
         valid = ", ".join(sorted(types_))
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r} for {cls.__name__}; valid keys: {valid}")
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' for {cls.__name__}; valid keys: {valid}")
     kwargs = {k: _coerce(v, types_[k], f"{prefix}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -1,9 +1,72 @@
-"""CLI commands of unimask.data (mounted by unimask.cli)."""
+"""CLI: ``unimask data prepare|stats|preview``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
+
+app = typer.Typer(help="Prepare corpora, inspect them, preview objectives.", no_args_is_help=True)
+
+
+@app.command("prepare", context_settings=OVERRIDES)
+def prepare(
+    ctx: typer.Context,
+    config: Path = typer.Argument(None, help="data config (YAML/TOML); omit for the stdlib default"),
+) -> None:
+    """Read sources, dedup, split, train/load the tokenizer and write sharded token files."""
+    from unimask.config import load_config
+    from unimask.data import DataConfig, prepare_data
+
+    args = list(ctx.args)
+    if config is not None and str(config).startswith("--"):
+        args.insert(0, str(config))
+        config = None
+    ctx.args = args
+    with friendly_errors():
+        out = prepare_data(load_config(DataConfig, config, overrides_from(ctx)))
+    console.print(f"[green]data ready:[/] {out}")
+
+
+@app.command("stats")
+def stats(directory: Path = typer.Argument(..., help="a prepared data dir"),
+          verify: bool = typer.Option(False, help="re-check every shard's checksum")) -> None:
+    """Documents, tokens and shards per split, and per-source counts."""
+    from rich.table import Table
+
+    from unimask.data import DataStats
+
+    with friendly_errors():
+        s = DataStats.from_dir(directory, verify=verify)
+    table = Table(title=f"{s.path} (vocab {s.vocab_size}, {s.dtype})")
+    for col in ("split", "docs", "tokens", "shards", "mean doc tokens", "chars/token"):
+        table.add_column(col, justify="right")
+    for name, sp in s.splits.items():
+        table.add_row(name, f"{sp.docs:,}", f"{sp.tokens:,}", str(sp.shards), f"{sp.mean_doc_tokens:.0f}",
+                      f"{sp.chars_per_token:.2f}")
+    console.print(table)
+    for src in s.sources:
+        console.print(f"  source {src}")
+    if verify:
+        console.print("[green]all shard checksums verified[/]")
+
+
+@app.command("preview")
+def preview(
+    objective: str = typer.Option(..., help="objective name (see unimask.objectives.objective_names())"),
+    data: Path = typer.Option(None, help="a prepared data dir (default: a built-in stdlib snippet)"),
+    seq_len: int = typer.Option(48),
+    seed: int = typer.Option(0),
+) -> None:
+    """Show one training example: what the model sees, what it attends to, what is scored."""
+    from unimask.objectives.preview import render_preview
+
+    with friendly_errors():
+        render_preview(objective, data, seq_len, seed)
 
 
 def register(root: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
+    """Mount ``unimask data ...``."""
+    root.add_typer(app, name="data")

@@ -1,9 +1,51 @@
-"""CLI commands of unimask.tokenizer (mounted by unimask.cli)."""
+"""CLI: ``unimask tokenizer train [CONFIG] [--a.b v]`` -- BPE on a data config's source mixture."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
+
+app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
+
+
+@app.command("train", context_settings=OVERRIDES)
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Argument(None, help="data config (YAML/TOML); omit for the stdlib default"),
+    out: Path = typer.Option(Path("tokenizer.json"), help="where to write tokenizer.json"),
+) -> None:
+    """Train a byte-level BPE tokenizer (with every unimask special token) on the configured sources."""
+    from unimask.config import load_config
+    from unimask.data import DataConfig
+    from unimask.data.sources import SourceCounts, iter_source
+    from unimask.tokenizer import train_tokenizer
+
+    args = list(ctx.args)
+    if config is not None and str(config).startswith("--"):
+        args.insert(0, str(config))
+        config = None
+    ctx.args = args
+    with friendly_errors():
+        cfg = load_config(DataConfig, config, overrides_from(ctx))
+        budget = cfg.tokenizer.max_train_chars
+
+        def texts():
+            used = 0
+            for src in cfg.sources:
+                for doc in iter_source(src, SourceCounts(), cfg.max_docs):
+                    if budget is not None and used >= budget:
+                        return
+                    used += len(doc.text)
+                    yield doc.text
+
+        tok = train_tokenizer(texts(), vocab_size=cfg.tokenizer.vocab_size, min_frequency=cfg.tokenizer.min_frequency)
+        path = tok.save(out)
+    console.print(f"wrote {path} (vocab {tok.vocab_size})")
 
 
 def register(root: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
+    """Mount ``unimask tokenizer ...``."""
+    root.add_typer(app, name="tokenizer")

@@ -1,0 +1,92 @@
+"""A coloured terminal view of one training example (``unimask data preview``).
+
+Shows what the model sees (masks and sentinels highlighted, noisy copies marked), what is
+scored (the target under each scored position) and, for short examples, who attends to whom.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from unimask.objectives import TRAJECTORY_OBJECTIVES, build_objective
+from unimask.objectives.example import IGNORE
+
+
+def _snippet_window(tok, seq_len: int):
+    from unimask.objectives.base import Window  # noqa: F401  (the protocol this mimics)
+
+    src = inspect.getsource(json.dumps)
+    ids = tok.encode(src)[: seq_len - 1] + [tok.eos_id]
+
+    class W:
+        tokens = torch.tensor(ids)
+        doc_ids = torch.zeros(len(ids), dtype=torch.long)
+
+    return W()
+
+
+def _snippet_trajectory(tok):
+    from unimask.agent.protocol import format_action
+    from unimask.tokenizer.chat import Turn, render_turns
+
+    return render_turns([
+        Turn("user", "Default of indent in json.dumps?"),
+        Turn("assistant", format_action("open", {"doc_id": "json.dumps"}, "open it")),
+        Turn("tool", "json.dumps(obj, *, indent=None)"),
+        Turn("assistant", format_action("answer", {"text": "None"})),
+    ], tok)
+
+
+def render_preview(name: str, data: Path | None, seq_len: int, seed: int, console: Console | None = None) -> None:
+    from unimask.tokenizer import Tokenizer, train_tokenizer
+
+    console = console or Console()
+    rng = np.random.default_rng(seed)
+    if data is not None:
+        from unimask.data import PackedLoader
+
+        tok = Tokenizer.load(data)
+        raw = next(iter(PackedLoader(data, "val", seq_len, seed=seed)))
+    else:
+        import sysconfig
+
+        files = sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
+        tok = train_tokenizer([f.read_text() for f in files], vocab_size=600)
+        raw = _snippet_window(tok, seq_len)
+    if name in TRAJECTORY_OBJECTIVES:
+        raw = _snippet_trajectory(tok)
+    ex = build_objective(name, tok, **({"block_size": 8} if "diffusion" in name else {}))(raw, rng)
+    special = tok.special_ids
+    seen = Text()
+    scored = Text()
+    for i, t in enumerate(ex.input_ids.tolist()):
+        piece = tok.decode([t]).replace("\n", "⏎")
+        style = "bold magenta" if t == tok.mask_id else "bold cyan" if t in special else ""
+        if bool(ex.noisy[i]):
+            style += " underline"
+        seen.append(piece, style=style or None)
+        label = int(ex.labels[i])
+        scored.append(tok.decode([label]).replace("\n", "⏎") if label != IGNORE else "·" * max(1, len(piece)),
+                      style="green" if label != IGNORE else "dim")
+    console.rule(f"[bold]{name}[/] — {len(ex)} tokens, {int((ex.labels != IGNORE).sum())} scored")
+    console.print("[bold]model sees[/] (specials cyan, masks magenta, noisy copy underlined):")
+    console.print(seen)
+    console.print("[bold]scored targets[/] (green; · = not scored):")
+    console.print(scored)
+    mask = ex.attention.dense_mask()[0, 0]
+    n = min(len(ex), 40)
+    grid = Table(show_header=False, box=None, padding=0)
+    for _ in range(n):
+        grid.add_column(width=1)
+    for q in range(n):
+        grid.add_row(*["█" if bool(mask[q, k]) else "·" for k in range(n)])
+    console.print(f"[bold]attention[/] (row = query, column = key; first {n} tokens):")
+    console.print(grid)
