@@ -32,7 +32,7 @@ _SPECIAL_IN_STRINGS = ("<|", "<mask_", sp.TOOL_CALL_START, sp.TOOL_CALL_END, sp.
 
 
 class ToolCallConstraint:
-    def __init__(self, envelope_schema: dict[str, Any], candidates: int = 64, max_think_chars: int = 120):
+    def __init__(self, envelope_schema: dict[str, Any], candidates: int = 64, max_think_chars: int = 40):
         self.tools: dict[str, dict[str, Any]] = {}
         for alt in envelope_schema.get("oneOf", []):
             name = alt["properties"]["name"]["const"]
@@ -109,10 +109,10 @@ class ToolCallConstraint:
                     return "open" if tail.startswith(rest) else None
                 return "done" if rest == tail else None
             if seen:
+                if not set(props) - seen:
+                    return None  # no key left to add: only "}" may follow
                 if not s.startswith(", "):
                     return "open" if ", ".startswith(s) else None
-                if not set(props) - seen:
-                    return None  # no key left to add
                 s = s[2:]
                 if s == "":
                     return "open"
