@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -18,6 +19,15 @@ OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def overrides_from(ctx: typer.Context) -> dict[str, str]:
     return parse_overrides(ctx.args)
+
+
+def config_and_overrides(ctx: typer.Context, config: Path | None) -> tuple[Path | None, dict[str, str]]:
+    """For commands with an optional CONFIG: with no CONFIG, click takes the first ``--key`` for it."""
+    args = list(ctx.args)
+    if config is not None and str(config).startswith("--"):
+        args.insert(0, str(config))
+        config = None
+    return config, parse_overrides(args)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
+from unimask.cli_utils import OVERRIDES, config_and_overrides, console, friendly_errors
 
 app = typer.Typer(help="Prepare corpora, inspect them, preview objectives.", no_args_is_help=True)
 
@@ -20,13 +20,9 @@ def prepare(
     from unimask.config import load_config
     from unimask.data import DataConfig, prepare_data
 
-    args = list(ctx.args)
-    if config is not None and str(config).startswith("--"):
-        args.insert(0, str(config))
-        config = None
-    ctx.args = args
     with friendly_errors():
-        out = prepare_data(load_config(DataConfig, config, overrides_from(ctx)))
+        config, overrides = config_and_overrides(ctx, config)
+        out = prepare_data(load_config(DataConfig, config, overrides))
     console.print(f"[green]data ready:[/] {out}")
 
 

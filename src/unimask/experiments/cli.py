@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import OVERRIDES, friendly_errors, overrides_from
+from unimask.cli_utils import OVERRIDES, config_and_overrides, friendly_errors
 
 
 def compare(
@@ -17,13 +17,9 @@ def compare(
     from unimask.config import load_config
     from unimask.experiments.compare import CompareConfig, run_compare
 
-    args = list(ctx.args)
-    if config is not None and str(config).startswith("--"):  # no CONFIG: click took the first override
-        args.insert(0, str(config))
-        config = None
-    ctx.args = args
     with friendly_errors():
-        cfg = load_config(CompareConfig, config, overrides_from(ctx))
+        config, overrides = config_and_overrides(ctx, config)
+        cfg = load_config(CompareConfig, config, overrides)
     run_compare(cfg)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
+from unimask.cli_utils import OVERRIDES, config_and_overrides, console, friendly_errors
 
 app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 
@@ -23,13 +23,9 @@ def train(
     from unimask.data.sources import SourceCounts, iter_source
     from unimask.tokenizer import train_tokenizer
 
-    args = list(ctx.args)
-    if config is not None and str(config).startswith("--"):
-        args.insert(0, str(config))
-        config = None
-    ctx.args = args
     with friendly_errors():
-        cfg = load_config(DataConfig, config, overrides_from(ctx))
+        config, overrides = config_and_overrides(ctx, config)
+        cfg = load_config(DataConfig, config, overrides)
         budget = cfg.tokenizer.max_train_chars
 
         def texts():
