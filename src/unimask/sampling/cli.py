@@ -26,8 +26,9 @@ def generate(
 
     with friendly_errors():
         backbone = load_backbone(checkpoint, device=device or None)
+        given = {k: v for k, v in {"threshold": threshold, "steps": steps, "seed": seed}.items() if v is not None}
         gens = backbone.generate(prompt, max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
-                                 top_p=top_p, threshold=threshold, steps=steps, seed=seed)
+                                 top_p=top_p, **given)
     for p, g in zip(prompt, gens, strict=True):
         console.rule(f"[dim]{backbone.kind} · NFE {g.nfe} · {g.wall_time:.2f}s · {g.stop_reason}[/]")
         typer.echo(p + g.text)

@@ -65,7 +65,7 @@ def choose_commits(
         logits[..., mask_id] = float("-inf")
     x0 = add_gumbel_noise(logits, temperature, generator).argmax(-1)
     if remasking == "low_confidence":
-        p = torch.softmax(logits.to(torch.float64), dim=-1)
+        p = torch.softmax(logits.float(), dim=-1)  # as LLaDA: fp32 softmax (float64 flips near-ties)
         conf = torch.gather(p, -1, x0[..., None])[..., 0]
     elif remasking == "random":
         conf = torch.rand(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
@@ -134,7 +134,8 @@ class DiffusionBackbone:
         prompt_ids: Sequence[list[int]] | None = None,
         **decoding: Any,
     ) -> list[Generation]:
-        opts = {**self.defaults, **{k: v for k, v in decoding.items() if v is not None}}
+        # An explicit ``threshold=None`` switches to LLaDA's fixed schedule; omit it for the default.
+        opts = {**self.defaults, **decoding}
         ids_list = list(prompt_ids) if prompt_ids is not None else [self.tokenizer.encode(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")
@@ -243,8 +244,8 @@ class DiffusionBackbone:
                 block, commit = _constrained(constraint, tok, x[0, gen_start:s], block, masked, logits, threshold)
             else:
                 k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-                block, commit = choose_commits(logits, block, masked, k, threshold, opts["remasking"],
-                                               float(opts.get("temperature", 0.0)), generator, None, tok.mask_id)
+                block, commit = choose_commits(logits, block, masked, k, threshold, opts.get("remasking") or "low_confidence",
+                                               float(opts.get("temperature") or 0.0), generator, None, tok.mask_id)
             masked &= ~commit
             step += 1
         x = x.clone()
@@ -266,7 +267,7 @@ class DiffusionBackbone:
         s, e = region.start, region.stop
         steps = int(opts.get("steps") or (e - s))
         threshold = opts.get("threshold")
-        cache_mode = opts.get("cache", "none")
+        cache_mode = opts.get("cache") or "none"
         full = AttentionStructure.bidirectional(1, L, self.device)
         masked_all = x == tok.mask_id
         k_sched = num_transfer_tokens(masked_all[:, s:e].sum(1), steps)
@@ -292,8 +293,8 @@ class DiffusionBackbone:
                 new, _ = _constrained(constraint, tok, x[0, gen_start:s], blk, masked, logits, threshold)
             else:
                 k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-                new, _ = choose_commits(logits, blk, masked, k, threshold, opts.get("remasking", "low_confidence"),
-                                        float(opts.get("temperature", 0.0)), generator, None, tok.mask_id)
+                new, _ = choose_commits(logits, blk, masked, k, threshold, opts.get("remasking") or "low_confidence",
+                                        float(opts.get("temperature") or 0.0), generator, None, tok.mask_id)
             x = x.clone()
             x[:, s:e] = new
             step += 1
