@@ -108,12 +108,13 @@ def plot_accuracy_latency(points: Mapping[str, tuple[float, float]], path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (lat, acc) in points.items():
-        ax.scatter([lat], [acc * 100])
-        ax.annotate(name, (lat, acc * 100), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    markers = "osD^vP*Xh<>"
+    for k, (name, (lat, acc)) in enumerate(points.items()):
+        ax.scatter([lat], [acc * 100], marker=markers[k % len(markers)], s=50, label=name)
     ax.set(xlabel="mean wall time per task (s)", ylabel="exact match (%)", title="Accuracy vs latency")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
