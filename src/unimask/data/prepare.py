@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -146,8 +147,21 @@ def encode_documents(tok: Tokenizer, docs: Sequence[_Doc], workers: int, progres
     chunks = _chunks(docs)
     task = progress.add_task("tokenize", total=sum(len(d.text) for d in docs)) if progress else None
     if workers >= 2 and len(chunks) > 1:
-        ctx = mp.get_context("spawn")  # fork after the tokenizers thread pool started can deadlock
-        with ctx.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(tok.hf.to_str(),)) as pool:
+        # fork on Linux (works from any script, no __main__ guard needed); the children's tokenizers
+        # run single-threaded, so the Rust thread pool inherited from BPE training is never touched.
+        method = "fork" if sys.platform == "linux" else "spawn"
+        old = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # silences the after-fork warning in the children
+        try:
+            pool = mp.get_context(method).Pool(
+                min(workers, len(chunks)), initializer=_init_worker, initargs=(tok.hf.to_str(),)
+            )
+        finally:
+            if old is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM")
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = old
+        with pool:
             for chunk, ids in zip(chunks, pool.imap(_encode_chunk, chunks), strict=True):
                 if progress:
                     progress.advance(task, sum(len(t) for t in chunk))
