@@ -158,8 +158,8 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
         if "=" in key:
             key, value = key.split("=", 1)
         else:
-            if i + 1 >= len(args):
-                raise ConfigError(f"override --{key} has no value")
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"override --{key} has no value (write --{key} VALUE or --{key}=VALUE)")
             value = args[i + 1]
             i += 1
         out[key.replace("-", "_")] = value
