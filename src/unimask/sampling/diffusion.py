@@ -240,17 +240,24 @@ class DiffusionBackbone:
             else:
                 logits = self.model(block, self._noisy(s, e), kv_cache=cache, commit=False)
             nfe += 1
-            if constraint is not None:
-                block, commit = _constrained(constraint, tok, x[0, gen_start:s], block, masked, logits, threshold)
-            else:
-                k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-                block, commit = choose_commits(logits, block, masked, k, threshold, opts.get("remasking") or "low_confidence",
-                                               float(opts.get("temperature") or 0.0), generator, None, tok.mask_id)
+            block, commit = self._step(logits, block, masked, x[0, gen_start:s], constraint, k_sched, step,
+                                       threshold, opts, generator)
             masked &= ~commit
             step += 1
         x = x.clone()
         x[:, s:e] = block
         return x, nfe
+
+    def _step(self, logits: Tensor, window: Tensor, masked: Tensor, before: Tensor, constraint: Any,
+              k_sched: Tensor, step: int, threshold: float | None, opts: dict[str, Any],
+              generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """One commit decision over a window: constrained left-to-right runs, or schedule/threshold."""
+        tok = self.tokenizer
+        if constraint is not None:
+            return _constrained(constraint, tok, before, window, masked, logits, threshold)
+        k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
+        return choose_commits(logits, window, masked, k, threshold, opts.get("remasking") or "low_confidence",
+                              float(opts.get("temperature") or 0.0), generator, None, tok.mask_id)
 
     def _noisy(self, s: int, e: int) -> AttentionStructure:
         n = e - s
@@ -289,12 +296,8 @@ class DiffusionBackbone:
             nfe += 1
             blk = x[:, s:e]
             masked = blk == tok.mask_id
-            if constraint is not None:
-                new, _ = _constrained(constraint, tok, x[0, gen_start:s], blk, masked, logits, threshold)
-            else:
-                k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-                new, _ = choose_commits(logits, blk, masked, k, threshold, opts.get("remasking") or "low_confidence",
-                                        float(opts.get("temperature") or 0.0), generator, None, tok.mask_id)
+            new, _ = self._step(logits, blk, masked, x[0, gen_start:s], constraint, k_sched, step, threshold,
+                                opts, generator)
             x = x.clone()
             x[:, s:e] = new
             step += 1
