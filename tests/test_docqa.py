@@ -71,6 +71,13 @@ def test_questions_have_verified_answers_types_hops_and_module_splits(env: DocQA
             assert t.answer == doc["module"] and t.meta["name"] in t.question
         elif kind == "summary":
             assert t.answer == doc["id"] and doc["summary"].rstrip(".") in t.question
+        elif kind == "mention_default":  # the target is named only inside the opened doc of another
+            target = env.by_id[t.meta["target"]]
+            bare = target["id"].rsplit(".", 1)[-1]
+            assert t.meta["via"] == doc["id"] and f"`{doc['id']}`" in t.question
+            assert f"{bare}()" in env._open_text(doc) and bare not in t.question.replace(doc["id"], "")
+            signature = env._open_text(target).split("\n", 1)[0]
+            assert _read_default(signature, t.meta["param"]) == t.answer
         else:  # the default can be read off the open observation's signature line
             signature = env._open_text(doc).split("\n", 1)[0]
             assert _read_default(signature, t.meta["param"]) == t.answer
@@ -101,7 +108,9 @@ def test_oracle_solves_the_test_split_through_the_real_tools(env: DocQAEnvironme
     em = np.mean([r["em"] for r in records])
     assert len(records) == len(env.tasks("test")) and em >= 0.99
     table = breakdown(records)
-    assert {f"type={k}" for k in TASK_TYPES} | {"hops=1", "hops=2"} <= table.keys()
+    assert {f"type={k}" for k in TASK_TYPES} | {"hops=1", "hops=2", "hops=3"} <= table.keys()
+    three = [r for r in records if r["meta"]["hops"] == 3]  # search, open, open the named function
+    assert all(sum('"name": "open"' in t["content"] for t in r["turns"]) == 2 for r in three if r["em"])
     assert sum(v["n"] for k, v in table.items() if k.startswith("hops=")) == len(records)
     base = trivial_baseline(env, "test")
     assert base["n"] == len(records) and base["em"] < 0.5 < em

@@ -1,12 +1,18 @@
 """DocQA: question answering over the standard library's documentation with search/open tools.
 
 The offline stand-in for the DLLM Agent paper's web search. Questions are generated from the
-corpus with verified answers, 1-2 hops, four types:
+corpus with verified answers, 1-3 hops (lookups on the oracle's path), five types:
 
 * ``module``  (1 hop): which module defines NAME? -- read it off a search result line;
 * ``summary`` (1 hop): which function does THIS (its docstring summary)? -- the top search hit;
 * ``default`` (2 hops): the default of PARAM in QUALNAME -- search, open, read the signature;
-* ``summary_default`` (2 hops): the default of PARAM in the function that does THIS.
+* ``summary_default`` (2 hops): the default of PARAM in the function that does THIS;
+* ``mention_default`` (3 hops): the default of PARAM in the function named only inside the docs of
+  QUALNAME (``Like quote(), but ...``) -- search, open QUALNAME, open the function it names.
+
+Names the agent must copy into a tool call (a qualified name in the question, a module in a search
+line) are written in backticks: a byte-level BPE then splits them exactly as inside the call's
+JSON string, so copying is token-for-token (a leading space would give different tokens).
 
 Splits are by module (a stable hash), so test modules are unseen in training. Observations are
 compact on purpose: tiny models are fine-tuned on these trajectories. The oracle policy solves
@@ -33,8 +39,8 @@ from unimask.agent.tools import BM25Index, Tool, answer_tool, open_tool, search_
 from unimask.envs.corpus import load_corpus
 from unimask.tokenizer.chat import Turn
 
-TASK_TYPES = ("module", "summary", "default", "summary_default")
-HOPS = {"module": 1, "summary": 1, "default": 2, "summary_default": 2}
+TASK_TYPES = ("module", "summary", "default", "summary_default", "mention_default")
+HOPS = {"module": 1, "summary": 1, "default": 2, "summary_default": 2, "mention_default": 3}
 # The difficulty knob: "easy" keeps the question types whose search query is a name copied from the
 # question (learnable by tiny models in minutes); "full" adds the paraphrase (summary) questions.
 DIFFICULTY = {"easy": ("module", "default"), "full": TASK_TYPES}
@@ -94,11 +100,12 @@ class DocQAEnvironment:
     # ------------------------------------------------------------------ observations
     @staticmethod
     def _search_line(d: dict[str, Any]) -> str:
-        return f"({d['kind']} in {d['module']}) {_short(d['summary'], 60)}"
+        return f"({d['kind']} in `{d['module']}`) {_short(d['summary'], 60)}"
 
     @staticmethod
     def _open_text(d: dict[str, Any]) -> str:
-        return f"{_short(d['signature'], 160)}\n{_short(d['summary'], 100)}"
+        body = d["text"].split("\n", 1)[1].replace("\n", " ") if "\n" in d["text"] else ""
+        return f"{_short(d['signature'], 160)}\n{_short(body, 160)}"
 
     # ------------------------------------------------------------------ Environment protocol
     def tools(self) -> list[Tool]:
@@ -136,7 +143,7 @@ class DocQAEnvironment:
         for d in callables:
             bare = d["id"].rsplit(".", 1)[-1]
             if bare_counts[bare] == 1 and d["id"] in self._search_ids(bare):
-                add(d, "module", f"Which module defines {bare}?", d["module"], name=bare)
+                add(d, "module", f"Which module defines `{bare}`?", d["module"], name=bare)
         for d in self.docs:
             if d["kind"] not in ("function", "method"):
                 continue
@@ -145,17 +152,44 @@ class DocQAEnvironment:
             hit = good_summary and self._search_ids(d["summary"])[:1] == [d["id"]]
             if hit and d["kind"] == "function":
                 add(d, "summary", f"Which function does this: {d['summary'].rstrip('.')}?", d["id"])
-            sig = self._open_text(d).split("\n", 1)[0]
-            for p in d["params"]:
+            for p in self._readable_defaults(d):
                 dv = p["default"]
-                if dv is None or len(dv) > self.cfg.max_default_len or _read_default(sig, p["name"]) != dv:
-                    continue
                 if d["id"] in self._search_ids(d["id"]):
-                    add(d, "default", f"Default of {p['name']} in {d['id']}?", dv, param=p["name"])
+                    add(d, "default", f"Default of {p['name']} in `{d['id']}`?", dv, param=p["name"])
                 if hit:
                     add(d, "summary_default", f"Default of {p['name']} in the function that does this: "
                         f"{d['summary'].rstrip('.')}?", dv, param=p["name"])
+        for d in self.docs:
+            target = self._mentioned(self._open_text(d), d["id"])
+            if target is None or d["id"] not in self._search_ids(d["id"]):
+                continue
+            for p in self._readable_defaults(self.by_id[target]):
+                add(d, "mention_default", f"Default of {p['name']} in the function named in the docs of "
+                    f"`{d['id']}`?", p["default"], param=p["name"], via=d["id"], target=target)
         return out
+
+    def _readable_defaults(self, d: dict[str, Any]) -> list[dict[str, Any]]:
+        """Parameters whose default is short and reads back verbatim from the opened signature."""
+        sig = self._open_text(d).split("\n", 1)[0]
+        return [p for p in d["params"] if p["default"] is not None and len(p["default"]) <= self.cfg.max_default_len
+                and _read_default(sig, p["name"]) == p["default"]]
+
+    def _mentioned(self, text: str, doc_id: str) -> str | None:
+        """The one function or method that ``text`` (doc ``doc_id`` as opened) names as ``name()``.
+
+        A name resolves in the doc's module, its class, or as a qualified id; None unless exactly one
+        other function/method is named (ambiguous mentions make unverifiable questions).
+        """
+        doc = self.by_id[doc_id]
+        scopes = (doc["module"] + ".", doc_id.rsplit(".", 1)[0] + ".", "")
+        found = set()
+        for name in set(_MENTION.findall(text.split("\n", 1)[-1])):
+            for scope in scopes:
+                hit = self.by_id.get(scope + name)
+                if hit is not None and hit["id"] != doc_id and hit["kind"] in ("function", "method"):
+                    found.add(hit["id"])
+                    break
+        return found.pop() if len(found) == 1 else None
 
     # ------------------------------------------------------------------ oracle
     def oracle_action(self, task: Task, turns: Sequence[Turn], rng: np.random.Generator,
@@ -164,7 +198,7 @@ class DocQAEnvironment:
         actions = [t for t in turns if t.role == "assistant"]
         obs = [t.content for t in turns if t.role == "tool"]
         kind, meta = task.meta["type"], task.meta
-        query = {"module": meta.get("name"), "default": meta["doc_id"]}.get(kind) or \
+        query = {"module": meta.get("name"), "default": meta["doc_id"], "mention_default": meta.get("via")}.get(kind) or \
             task.question.split("does this: ", 1)[-1].rstrip("?")
         searched = [json.loads(a.content.split("<tool_call>", 1)[1].split("</tool_call>", 1)[0])
                     for a in actions]
@@ -185,8 +219,13 @@ class DocQAEnvironment:
                 return format_action("answer", {"text": hit[1]}, "found the module")
             if kind == "summary":
                 return format_action("answer", {"text": hit[0]}, "found it")
-            target = meta["doc_id"] if kind == "default" and meta["doc_id"] in last else hit[0]
+            target = query if kind in ("default", "mention_default") and query in last else hit[0]
             return format_action("open", {"doc_id": target}, "open it")
+        opened = [c["arguments"]["doc_id"] for c in searched if c["name"] == "open"]
+        if kind == "mention_default" and len(opened) == 1:
+            named = self._mentioned(last, opened[0])
+            if named is not None:
+                return format_action("open", {"doc_id": named}, "open the function it names")
         value = _read_default(last.split("\n", 1)[0], meta["param"])
         return format_action("answer", {"text": value or "unknown"}, "read the default")
 
@@ -220,7 +259,8 @@ def _read_default(signature: str, param: str) -> str | None:
     return None
 
 
-_LINE = re.compile(r"^(\S+): \((\w+) in ([\w.]+)\)", re.M)
+_MENTION = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\(\)")
+_LINE = re.compile(r"^(\S+): \((\w+) in `([\w.]+)`\)", re.M)
 
 
 def _first_hit(observation: str, bare: str | None) -> tuple[str, str] | None:
