@@ -118,6 +118,9 @@ def test_oracle_solves_the_test_split_through_the_real_tools(env: DocQAEnvironme
     retries = [r for r in records if sum('"name": "search"' in t["content"] for t in r["turns"]) == 2]
     assert 0.1 * len(records) < len(retries) < 0.35 * len(records)
     assert np.mean([r["em"] for r in retries]) >= 0.99
+    for r in retries:  # the miss is context, not a target; the retry is taught
+        actions = [t for t in r["turns"] if t["role"] == "assistant"]
+        assert actions[0].get("trainable") is False and all(t.get("trainable", True) for t in actions[1:])
     for r in records[:50]:  # every action is a <think>..</think><tool_call>..</tool_call> turn
         for t in r["turns"]:
             if t["role"] == "assistant":

@@ -193,6 +193,30 @@ def test_agent_ar_scores_actions_only(tiny_tokenizer):
     assert targets == {i for i, a in enumerate(raw.is_action) if a}
 
 
+def test_untrainable_action_is_context_for_every_trajectory_objective(tiny_tokenizer):
+    """A logged mistake (trainable=False) is scored by no objective and never noised."""
+    turns = [
+        Turn("system", "Use the tools."),
+        Turn("user", "Default of indent in json.dumps?"),
+        Turn("assistant", '<tool_call>{"name": "search", "arguments": {"query": "jszq"}}</tool_call>', False),
+        Turn("tool", "no results"),
+        Turn("assistant", '<tool_call>{"name": "answer", "arguments": {"text": "None"}}</tool_call>'),
+    ]
+    raw = render_turns(turns, tiny_tokenizer)
+    miss = [i for i, t in enumerate(raw.turn_ids) if t == 2]
+    assert miss and not any(raw.is_action[i] for i in miss) and any(raw.is_action)
+    assert Turn.from_dict(turns[2].to_dict()) == turns[2] and "trainable" not in turns[4].to_dict()
+    action = {i for i, x in enumerate(raw.is_action) if x}
+    ar = build_objective("agent_sft_ar", tiny_tokenizer)(raw, np.random.default_rng(0))
+    assert {i + 1 for i in (ar.labels != IGNORE).nonzero().flatten().tolist()} == action
+    L = len(raw.token_ids)
+    al = build_objective("agent_sft_diffusion", tiny_tokenizer, pad_final_block=False)(raw, np.random.default_rng(0))
+    assert al.input_ids[:L].tolist() == raw.token_ids  # the miss stays in the clean context, verbatim
+    assert len(al.input_ids) - L == len(action)  # and only the trainable action is copied and noised
+    un = build_objective("agent_sft_diffusion", tiny_tokenizer, aligned=False)(raw, np.random.default_rng(0))
+    assert {i for i in (un.labels != IGNORE).nonzero().flatten().tolist()} <= action
+
+
 def test_bad_params_are_clear_errors(tiny_tokenizer):
     with pytest.raises(ValueError, match="unknown objective"):
         build_objective("nope", tiny_tokenizer)

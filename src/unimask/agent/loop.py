@@ -11,7 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ class Episode:
             "tool_time": sum(r["tool_time"] for r in self.rounds),
             "wall_time": self.wall_time,
             "meta": self.task.meta,
-            "turns": [asdict(t) for t in self.turns],
+            "turns": [t.to_dict() for t in self.turns],
             "round_log": self.rounds,
         }
 

@@ -17,7 +17,8 @@ JSON string, so copying is token-for-token (a leading space would give different
 Splits are by module (a stable hash), so test modules are unseen in training. Observations are
 compact on purpose: tiny models are fine-tuned on these trajectories. The oracle policy solves
 tasks through the real tools, reading answers from observations (not from the gold), with an
-optional rate of realistic recoveries (a query that misses, then a retry).
+optional rate of realistic recoveries (a query that misses, then a retry); the miss is
+marked ``trainable: false``, so SFT teaches the retry but not the mistake.
 """
 
 from __future__ import annotations
@@ -193,8 +194,12 @@ class DocQAEnvironment:
 
     # ------------------------------------------------------------------ oracle
     def oracle_action(self, task: Task, turns: Sequence[Turn], rng: np.random.Generator,
-                      recovery_rate: float = 0.0) -> str:
-        """The next oracle action given the trajectory so far (reads observations, not the gold)."""
+                      recovery_rate: float = 0.0, misses: set[str] | None = None) -> str:
+        """The next oracle action given the trajectory so far (reads observations, not the gold).
+
+        A deliberate miss (a recovery's bad first query) is also added to ``misses``, so the
+        trajectory can keep it as context without teaching it.
+        """
         actions = [t for t in turns if t.role == "assistant"]
         obs = [t.content for t in turns if t.role == "tool"]
         kind, meta = task.meta["type"], task.meta
@@ -206,7 +211,10 @@ class DocQAEnvironment:
         if not actions:
             miss = recovery_rate > 0 and rng.random() < recovery_rate
             if miss:
-                return format_action("search", {"query": _typo(query, rng)}, "search for it")
+                action = format_action("search", {"query": _typo(query, rng)}, "search for it")
+                if misses is not None:
+                    misses.add(action)
+                return action
             return format_action("search", {"query": query}, "search for it")
         last = obs[-1] if obs else ""
         if searched[-1]["name"] == "search":
@@ -287,14 +295,20 @@ def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any = None
     tasks = env.tasks(split)[: limit or None]
     by_question = {t.question: t for t in tasks}
     rng = np.random.default_rng(seed)
+    misses: set[str] = set()
 
     def act(turns: list[Turn]) -> str:
         question = next(t.content for t in turns if t.role == "user")
-        return env.oracle_action(by_question[question], turns, rng, recovery_rate)
+        return env.oracle_action(by_question[question], turns, rng, recovery_rate, misses)
 
     policy = ScriptedPolicy(act, tokenizer or ByteTokenizer())
     cfg = LoopConfig(max_rounds=6, max_context_tokens=100_000, batch_size=64)
-    return run_episodes(env, tasks, policy, cfg, progress=progress)
+    records = run_episodes(env, tasks, policy, cfg, progress=progress)
+    for r in records:  # the misses stay in the context; only the recovery is taught
+        for t in r["turns"]:
+            if t["role"] == "assistant" and t["content"] in misses:
+                t["trainable"] = False
+    return records
 
 
 def breakdown(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -1,7 +1,8 @@
 """Chat template: a trajectory of turns -> token ids with every turn tagged context or action.
 
 A turn is ``ROLE_MARKER content <|end|>``. Assistant turns are *actions* (what the agent
-writes and what SFT scores); system, user and tool turns are *context*. The role marker of an
+writes and what SFT scores) unless marked ``trainable=False``; system, user and tool turns are
+*context*. The role marker of an
 action belongs to the context (the prompt ends with ``<|assistant|>``), so an action span is
 exactly its content tokens plus the closing ``<|end|>`` -- what a sampler generates.
 This is the one format the multi-turn SFT objective, the agent runtime and the server share.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from unimask.tokenizer import special as sp
 from unimask.tokenizer.tokenizer import Tokenizer
@@ -22,8 +23,12 @@ ROLE_MARKERS: dict[str, str] = {"system": sp.SYSTEM, "user": sp.USER, "assistant
 
 @dataclass
 class Turn:
+    """One turn. ``trainable=False`` keeps an assistant turn as context only: a logged mistake the
+    trajectory recovers from is shown to the model but never taught."""
+
     role: Role
     content: str
+    trainable: bool = True
 
     def __post_init__(self) -> None:
         if self.role not in ROLE_MARKERS:
@@ -31,7 +36,15 @@ class Turn:
 
     @property
     def is_action(self) -> bool:
-        return self.role == "assistant"
+        return self.role == "assistant" and self.trainable
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSONL form: ``{"role", "content"}``, plus ``"trainable": false`` where it is false."""
+        return {"role": self.role, "content": self.content, **({} if self.trainable else {"trainable": False})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Turn:
+        return cls(d["role"], d["content"], bool(d.get("trainable", True)))
 
 
 @dataclass

@@ -70,7 +70,7 @@ def read_trajectories(path: str | Path) -> list[list[Turn]]:
                 continue
             try:
                 record = json.loads(line)
-                turns = [Turn(t["role"], t["content"]) for t in record["turns"]]
+                turns = [Turn.from_dict(t) for t in record["turns"]]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ValueError(
                     f"{path}:{lineno}: not a trajectory ({e}); each line must be "
