@@ -198,3 +198,9 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
         if c.complete(g.text):
             assert parse_action(g.text, tools).ok
     assert seen and all(c.valid(t) for t in seen)
+    gen = torch.Generator().manual_seed(0)  # greedy shortcut == argmax of the full candidate mask
+    for state in ("", "<think>hm</think>", '<tool_call>{"name": "', '<tool_call>{"name": "search", "arguments": {"'):
+        for _ in range(5):
+            row = torch.randn(len(tiny_tokenizer), generator=gen)
+            full = c.mask_logits(row[None], [state], tiny_tokenizer)[0]
+            assert c.best_valid(state, row, tiny_tokenizer) == int(full.argmax())

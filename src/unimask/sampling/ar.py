@@ -96,7 +96,11 @@ class ARBackbone:
         for step in range(max_new_tokens):
             if logits_processor is not None:
                 logits = logits_processor(history, logits)
-            if states is not None:
+            if states is not None and not temperature:  # greedy: only the best valid token is needed
+                best = torch.tensor([constraint.best_valid(st, row, tok) for st, row in zip(states, logits, strict=True)],
+                                    device=logits.device)
+                logits = torch.full_like(logits, float("-inf")).scatter(1, best[:, None], 0.0)
+            elif states is not None:
                 logits = constraint.mask_logits(logits, states, tok)
             nxt = sample_tokens(logits, temperature, top_k, top_p, gen)
             history = torch.cat([history, nxt[:, None]], dim=1)
