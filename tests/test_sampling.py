@@ -201,6 +201,6 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
     gen = torch.Generator().manual_seed(0)  # greedy shortcut == argmax of the full candidate mask
     for state in ("", "<think>hm</think>", '<tool_call>{"name": "', '<tool_call>{"name": "search", "arguments": {"'):
         for _ in range(5):
-            row = torch.randn(len(tiny_tokenizer), generator=gen)
+            row = torch.randn(tiny_tokenizer.vocab_size, generator=gen)
             full = c.mask_logits(row[None], [state], tiny_tokenizer)[0]
             assert c.best_valid(state, row, tiny_tokenizer) == int(full.argmax())
