@@ -66,6 +66,8 @@ CASES = [(n, {}) for n in objective_names()] + [
     ("block_diffusion", {"clean_attention": "block", "block_size": 8}),
     ("block_diffusion", {"ar_weight": 0.5, "block_size": 8}),
     ("masked_diffusion", {}),
+    ("agent_sft_ar", {"context_weight": 0.5}),
+    ("agent_sft_diffusion", {"context_weight": 0.5}),
 ]
 
 
@@ -85,7 +87,7 @@ def test_no_target_visible_to_its_predictor(model, tiny_tokenizer, name, params)
     g = torch.Generator().manual_seed(0)
     for i in scored[:: max(1, len(scored) // 4)]:
         # block diffusion's optional AR loss scores clean tokens with next-token targets
-        shifted = name in SHIFTED or (name == "block_diffusion" and not bool(ex.noisy[i]))
+        shifted = name in SHIFTED or (name in ("block_diffusion", "agent_sft_diffusion") and not bool(ex.noisy[i]))
         if not shifted:
             assert ex.input_ids[i] == tok.mask_id, "a diffusion target must be masked in the input"
         first = ex.position_ids[i] + (1 if shifted else 0)
@@ -191,6 +193,24 @@ def test_agent_ar_scores_actions_only(tiny_tokenizer):
     _, raw, ex = make("agent_sft_ar", tiny_tokenizer)
     targets = {i + 1 for i in (ex.labels != IGNORE).nonzero().flatten().tolist()}
     assert targets == {i for i, a in enumerate(raw.is_action) if a}
+
+
+@pytest.mark.parametrize("name,params", [("agent_sft_ar", {}), ("agent_sft_diffusion", {}),
+                                         ("agent_sft_diffusion", {"aligned": False})])
+def test_context_weight_scores_context_tokens(tiny_tokenizer, name, params):
+    """context_weight adds an LM loss on context tokens only, of that total weight when causal."""
+    raw = trajectory(tiny_tokenizer)
+    context = {i for i, a in enumerate(raw.is_action) if not a}
+    base = build_objective(name, tiny_tokenizer, **params)(raw, np.random.default_rng(5))
+    ex = build_objective(name, tiny_tokenizer, context_weight=0.5, **params)(raw, np.random.default_rng(5))
+    L, in_place = len(raw.token_ids), params.get("aligned") is False
+    shift = 0 if in_place else 1  # masked in place vs next-token on the causal clean stream
+    ctx = [i for i in range(L - shift) if ex.labels[i] != IGNORE and i + shift in context]
+    assert ctx and all(int(ex.labels[i]) == raw.token_ids[i + shift] for i in ctx)
+    assert not any(base.labels[i] != IGNORE for i in ctx)  # off by default
+    if not in_place:
+        assert float(ex.loss_weights[ctx].sum()) == pytest.approx(0.5)
+        assert torch.equal(ex.labels[L:], base.labels[L:])  # the action loss is untouched
 
 
 def test_untrainable_action_is_context_for_every_trajectory_objective(tiny_tokenizer):

@@ -48,6 +48,7 @@ class CompareConfig:
     sft_steps: int = 800
     sft_batch: int = 8
     sft_lr: float = 2e-3
+    sft_context_weight: float = 0.0  # LM loss on context tokens for every arm (agent_sft context_weight)
     pretrain_lr: float = 1e-3
     ablation_sft_steps: int = 0  # 0 = same as sft_steps
     # evaluation
@@ -178,12 +179,13 @@ def run_compare(cfg: CompareConfig) -> Path:
     max_len = min(max(lens) + 32, 1024)
     sft_data = {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
                 "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
+    ctx = {"context_weight": cfg.sft_context_weight}
     arms = {
-        "AR": ([{"name": "agent_sft_ar"}], pre["ar"], cfg.sft_steps),
-        "DLLM": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size}}], pre["dllm"],
+        "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
+        "DLLM": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size, **ctx}}], pre["dllm"],
                  cfg.sft_steps),
         "DLLM unaligned": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size,
-                                                                      "aligned": False}}],
+                                                                      "aligned": False, **ctx}}],
                            pre["dllm"], cfg.ablation_sft_steps or cfg.sft_steps),
     }
     sft = {}

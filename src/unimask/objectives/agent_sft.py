@@ -15,6 +15,12 @@
 
 Loss: masked action tokens weighted 1/t (t drawn per block, or per trajectory when unaligned),
 normalised by the number of action tokens.
+
+``context_weight`` (both backbones, default 0) adds a language-modelling loss on the *context*
+tokens (question, tool observations), normalised by their number: next-token prediction on the
+causal clean stream for AR and aligned diffusion, masked-token prediction in place when
+unaligned. Observations repeat what actions named (an opened id, a searched name), so this is
+cheap extra supervision for copying, which small, briefly pre-trained models otherwise lack.
 """
 
 from __future__ import annotations
@@ -48,8 +54,16 @@ def _check(seq: TurnSequence) -> None:
         raise ValueError("trajectory has no assistant (action) turn to train on")
 
 
+def _context_lm(ids: torch.Tensor, action: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token labels on the context tokens of a causal clean stream, with weights summing to ``weight``."""
+    labels = torch.full_like(ids, IGNORE)
+    labels[:-1] = torch.where(action[1:], labels[:-1], ids[1:])
+    return labels, normalised_weights(labels, weight)
+
+
 @dataclass
 class AgentSFTAR:
+    context_weight: float = 0.0
     name: str = "agent_sft_ar"
 
     def max_length(self, n: int) -> int:
@@ -61,8 +75,13 @@ class AgentSFTAR:
         action = torch.tensor(raw.is_action, dtype=torch.bool)
         labels = torch.full_like(ids, IGNORE)
         labels[:-1] = torch.where(action[1:], ids[1:], labels[:-1])
+        weights = normalised_weights(labels)
+        if self.context_weight > 0:
+            ctx_labels, ctx_weights = _context_lm(ids, action, self.context_weight)
+            labels = torch.where(labels == IGNORE, ctx_labels, labels)
+            weights = weights + ctx_weights
         att = AttentionStructure.causal(1, len(ids))
-        return TrainingExample.from_structure(ids, labels, normalised_weights(labels), att, self.name)
+        return TrainingExample.from_structure(ids, labels, weights, att, self.name)
 
 
 @dataclass
@@ -71,6 +90,7 @@ class AgentSFTDiffusion:
     block_size: int = 16
     aligned: bool = True
     pad_final_block: bool = True  # fill each action's last block with <|pad|> targets, as decoded
+    context_weight: float = 0.0
     eps: float = 1e-3
     name: str = "agent_sft_diffusion"
 
@@ -85,11 +105,14 @@ class AgentSFTDiffusion:
         mask_id = self.tokenizer.mask_id
         if not self.aligned:
             t = sample_t(rng, self.eps)
-            masked = torch.from_numpy(rng.random(len(x0)) < t) & action
+            drawn = torch.from_numpy(rng.random(len(x0)) < t)
+            masked = drawn & (action | (self.context_weight > 0))
             ids = torch.where(masked, torch.full_like(x0, mask_id), x0)
             labels = torch.where(masked, x0, torch.full_like(x0, IGNORE))
+            n_context = max(len(x0) - n_action, 1)
+            weights = masked.float() / t * torch.where(action, 1 / n_action, self.context_weight / n_context)
             att = AttentionStructure.bidirectional(1, len(x0))
-            return TrainingExample.from_structure(ids, labels, masked.float() / (t * n_action), att, self.name)
+            return TrainingExample.from_structure(ids, labels, weights, att, self.name)
         segments, masks, ts = [], [], []
         for s, e in action_spans(raw):
             for b in range(s, e, self.block_size):
@@ -107,6 +130,8 @@ class AgentSFTDiffusion:
         weights = torch.zeros(len(ids))
         labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
         weights[L:] = m.float() / (tt * n_action)
+        if self.context_weight > 0:
+            labels[:L], weights[:L] = _context_lm(x0, action, self.context_weight)
         ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)
         if self.pad_final_block:
             ex = self._pad_blocks(ex, segments, ts, n_action, rng)
