@@ -99,15 +99,16 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
         "tensorboard": False,
     })
     result = train(tc)
+    if result.interrupted:  # SIGTERM/Ctrl-C: a partial run must not become a stage's "final" model
+        console.print(f"[yellow]interrupted; {out} is checkpointed: rerun the same command to resume[/]")
+        raise SystemExit(130)
     if result.checkpoint is None:
         raise RuntimeError(f"training in {out} produced no checkpoint")
-    final = out / "final"
-    if final.exists():
-        import shutil
-
-        shutil.rmtree(final)
     import shutil
 
+    final = out / "final"
+    if final.exists():
+        shutil.rmtree(final)
     shutil.copytree(result.checkpoint, final)
     return final
 
