@@ -5,7 +5,7 @@ Stages, each skipped when its output already exists (so an interrupted run resum
 1. prepare the corpus (stdlib code + docs) and tokenizer;
 2. pre-train an AR model (causal LM) and a DLLM (context-causal block diffusion) of the same
    shape on the same corpus for the same number of steps and sequences (or start from given
-   checkpoints), each after the same short synthetic copy warm-up (``objectives/copy.py``);
+   checkpoints);
 3. build DocQA and write oracle trajectories (train/val) through the real tools;
 4. fine-tune both on the *same* trajectories with the multi-turn SFT objective: AR causal on
    actions; DLLM with aligned masks; plus the unaligned-mask DLLM ablation;
@@ -37,8 +37,6 @@ class CompareConfig:
     model_overrides: dict[str, Any] = field(default_factory=lambda: {"max_seq_len": 1024})
     ar_init: str = ""  # start from these checkpoints instead of pre-training
     dllm_init: str = ""
-    copy_warmup_steps: int = 200  # synthetic copy warm-up before pre-training (objectives/copy.py); 0 = off
-    copy_warmup_lr: float = 3e-3
     pretrain_steps: int = 100
     pretrain_seq_len: int = 256
     pretrain_batch: int = 16
@@ -144,28 +142,20 @@ def run_compare(cfg: CompareConfig) -> Path:
     # 2. matched pre-training
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
     pre = {}
-    for name, warmup, objective, init in (
-        ("ar", {"name": "copy_warmup_ar"}, [{"name": "causal"}], cfg.ar_init),
-        ("dllm", {"name": "copy_warmup_diffusion", "params": {"block_size": cfg.block_size}},
-         [{"name": "block_diffusion", "params": {"block_size": cfg.block_size, "clean_attention": "causal",
-                                                 "ar_weight": 0.5}}], cfg.dllm_init),
+    for name, objective, init in (
+        ("ar", [{"name": "causal"}], cfg.ar_init),
+        ("dllm", [{"name": "block_diffusion", "params": {"block_size": cfg.block_size, "clean_attention": "causal",
+                                                          "ar_weight": 0.5}}], cfg.dllm_init),
     ):
         t = time.perf_counter()
         if init:
             pre[name] = Path(init)
             continue
-        start = ""
-        if cfg.copy_warmup_steps > 0:
-            warm = out / f"warmup_{name}" / "final"
-            if _stage(f"copy warm-up {name.upper()} ({cfg.copy_warmup_steps} steps)", warm / "config.json"):
-                _train(cfg, out / f"warmup_{name}", [warmup], data={**packed, "seq_len": 64},
-                       steps=cfg.copy_warmup_steps, batch=32, lr=cfg.copy_warmup_lr)
-            start = str(warm)
         final = out / f"pretrain_{name}" / "final"
         if _stage(f"pre-train {name.upper()} ({cfg.pretrain_steps} steps x {cfg.pretrain_batch} x "
                   f"{cfg.pretrain_seq_len} tokens)", final / "config.json"):
             _train(cfg, out / f"pretrain_{name}", objective, data=packed, steps=cfg.pretrain_steps,
-                   batch=cfg.pretrain_batch, lr=cfg.pretrain_lr, init_from=start)
+                   batch=cfg.pretrain_batch, lr=cfg.pretrain_lr)
         pre[name] = final
         timings[f"pretrain_{name}"] = time.perf_counter() - t
 

@@ -2,8 +2,7 @@
 
 ``build_objective(name, tokenizer, **params)`` is the registry the trainer and the CLI use.
 Objectives that read packed windows: causal, prefix_lm, span_corruption, codegen2_infill,
-codegen2 (CodeGen2's final 50/50 causal|infill recipe), fim, masked_diffusion, block_diffusion,
-and the synthetic copy_warmup_ar / copy_warmup_diffusion (which ignore the window's content).
+codegen2 (CodeGen2's final 50/50 causal|infill recipe), fim, masked_diffusion, block_diffusion.
 Objectives that read agent trajectories: agent_sft_ar, agent_sft_diffusion.
 """
 
@@ -17,7 +16,6 @@ import numpy as np
 
 from unimask.objectives.agent_sft import AgentSFTAR, AgentSFTDiffusion
 from unimask.objectives.causal import CausalLM, PrefixLM
-from unimask.objectives.copy import copy_warmup_ar, copy_warmup_diffusion
 from unimask.objectives.diffusion import BlockDiffusion, MaskedDiffusion
 from unimask.objectives.example import IGNORE, Batch, TrainingExample, collate, example_loss
 from unimask.objectives.fim import FIM
@@ -61,8 +59,6 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "block_diffusion": lambda tok, **p: BlockDiffusion(tok, **p),
     "agent_sft_ar": lambda tok, **p: AgentSFTAR(**p),
     "agent_sft_diffusion": lambda tok, **p: AgentSFTDiffusion(tok, **p),
-    "copy_warmup_ar": copy_warmup_ar,
-    "copy_warmup_diffusion": copy_warmup_diffusion,
 }
 
 TRAJECTORY_OBJECTIVES = frozenset({"agent_sft_ar", "agent_sft_diffusion"})

@@ -36,9 +36,7 @@ from unimask.train.distributed import (
 from unimask.train.metrics import MetricsLogger
 from unimask.train.optim import build_optimizer, lr_at
 
-AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "agent_sft_ar",
-                 "copy_warmup_ar"}
-BLOCK_OBJECTIVES = {"block_diffusion", "agent_sft_diffusion", "copy_warmup_diffusion"}
+AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "agent_sft_ar"}
 
 
 def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> dict[str, Any]:
@@ -51,7 +49,7 @@ def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> di
     names = {o.name for o in active}
     if names <= AR_OBJECTIVES:
         return {"backbone": "ar"}
-    block = [o for o in active if o.name in BLOCK_OBJECTIVES]
+    block = [o for o in active if o.name in ("block_diffusion", "agent_sft_diffusion")]
     masked = [o for o in active if o.name == "masked_diffusion"]
     if block and masked:
         raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
