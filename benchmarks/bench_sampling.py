@@ -1,10 +1,7 @@
-"""Decoding speed: AR tokens/s vs transformers ``generate()`` on the same weights, and diffusion
-NFE / wall time with threshold parallel decoding vs one token per step.
+"""AR decoding speed: unimask tokens/s vs transformers ``generate()`` on the same weights.
 
-Usage: python benchmarks/bench_sampling.py [--ckpt DIR]  (default: a random small model)
-The diffusion comparison is meaningful on a trained block-diffusion checkpoint (``--dllm``),
-e.g. the DLLM fine-tuned by ``unimask compare``; quality is checked as agreement with the
-one-token-per-step output.
+Usage: python benchmarks/bench_sampling.py [--tokens N --batch B --threads T]
+(diffusion decoding: benchmarks/bench_diffusion_decoding.py)
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import torch
 from unimask.model import Transformer
 from unimask.model.hf import export_hf
 from unimask.presets import model_preset
-from unimask.sampling import ARBackbone, load_backbone
+from unimask.sampling import ARBackbone
 
 
 def main() -> None:
@@ -27,8 +24,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokenizer", default="", help="a tokenizer.json/dir (default: train a small one)")
-    ap.add_argument("--dllm", default="", help="a block-diffusion checkpoint for the NFE comparison")
-    ap.add_argument("--prompts", default="", help="JSONL with {'turns': ...} to build agent prompts from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -78,29 +73,6 @@ def main() -> None:
         print(f"{k:>12}: {n / v:8.0f} tokens/s")
     print(f"ratio unimask/transformers: {best['transformers'] / best['unimask']:.2f}x; "
           f"identical greedy outputs: {same}/{len(ids)}")
-    if args.dllm:
-        dllm = load_backbone(args.dllm, device="cpu")
-        import json
-
-        from unimask.tokenizer.chat import Turn, render_text
-
-        rows = [json.loads(line) for line in open(args.prompts)][:20] if args.prompts else []
-        agent_prompts = [render_text([Turn(**t) for t in r["turns"][:2]], add_generation_prompt=True) for r in rows]
-        agent_prompts = agent_prompts or prompts
-        res = {}
-        for label, dec in (("one token/step", {"threshold": None}), ("threshold 0.9", {"threshold": 0.9}),
-                           ("threshold 0.7", {"threshold": 0.7})):
-            t = time.perf_counter()
-            gens = dllm.generate(agent_prompts, max_new_tokens=64, stop=["<|end|>"], **dec)
-            res[label] = (time.perf_counter() - t, sum(x.nfe for x in gens), [x.text for x in gens],
-                          sum(len(x.token_ids) for x in gens))
-        base = res["one token/step"]
-        print(f"\nDLLM ({args.dllm}), {len(agent_prompts)} agent prompts, 64-token budget")
-        for label, (wall, nfe, texts, ntok) in res.items():
-            agree = sum(a == b for a, b in zip(texts, base[2], strict=True))
-            print(f"{label:>15}: NFE {nfe:5d} ({base[1] / nfe:.2f}x fewer), wall {wall:6.2f}s "
-                  f"({base[0] / wall:.2f}x), tokens/NFE {ntok / nfe:.2f}, outputs identical to 1-token/step "
-                  f"{agree}/{len(texts)}")
 
 
 if __name__ == "__main__":
