@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unimask.cli_utils import console
+from unimask.io import atomic_write_text
 
 
 @dataclass
@@ -63,6 +64,10 @@ class CompareConfig:
     # Decoding tiny models on CPU is latency-bound: one intra-op thread avoids OpenMP stalls on a
     # busy machine (measured 100x slower with 2 threads under load) and treats both backbones alike.
     eval_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.test_tasks < 1 or self.settings_tasks < 0:
+            raise ValueError("test_tasks must be >= 1 and settings_tasks >= 0")
 
 
 def _stage(name: str, marker: Path) -> bool:
@@ -106,11 +111,28 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
         raise RuntimeError(f"training in {out} produced no checkpoint")
     import shutil
 
-    final = out / "final"
+    final, tmp = out / "final", out / "final.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(result.checkpoint, tmp)  # a crash mid-copy must not leave a "final" that reruns reuse
     if final.exists():
         shutil.rmtree(final)
-    shutil.copytree(result.checkpoint, final)
+    tmp.rename(final)
     return final
+
+
+def _check_same_config(path: Path, cfg: CompareConfig) -> None:
+    """Stages are reused by existence, so a rerun must not silently mix results of two configs."""
+    new = asdict(cfg)
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(new) if k != "out_dir" and old.get(k) != new.get(k))
+        if changed:
+            raise SystemExit(
+                f"{path.parent} holds a comparison run with a different config ({', '.join(changed)} changed) and "
+                "would reuse its stages; use a fresh --out_dir, or delete its compare_config.json together with "
+                "the stages the change affects (e.g. episodes/ for evaluation settings)"
+            )
+    atomic_write_text(path, json.dumps(new, indent=2))
 
 
 def run_compare(cfg: CompareConfig) -> Path:
@@ -124,7 +146,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    _check_same_config(out / "compare_config.json", cfg)
     timings: dict[str, float] = {}
 
     # 1. corpus + tokenizer
@@ -169,15 +191,20 @@ def run_compare(cfg: CompareConfig) -> Path:
             recs = oracle_trajectories(env, split, tokenizer, cfg.recovery_rate, cfg.seed, limit)
             good = [r for r in recs if r["em"] == 1.0]
             console.print(f"  {split}: {len(good)}/{len(recs)} oracle episodes correct")
-            from unimask.io import atomic_write_text
-
             atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
     timings["trajectories"] = time.perf_counter() - t
 
     # 4. matched fine-tuning
     lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
             for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
-    max_len = min(max(lens) + 32, 1024)
+    from unimask.presets import model_preset
+
+    seq = model_preset(cfg.model_preset, **{"vocab_size": cfg.vocab_size, **cfg.model_overrides}).max_seq_len
+    fit = seq * 2 // 5  # an aligned DLLM example is clean + noised copy + padded blocks: up to 2.5x the trajectory
+    max_len = min(max(lens) + 32, fit)
+    if max(lens) > fit:
+        console.print(f"[yellow]trajectories of up to {max(lens)} tokens are cut to {fit} to fit the aligned DLLM "
+                      f"objective in max_seq_len {seq}; raise model_overrides.max_seq_len to keep them whole[/]")
     sft_data = {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
                 "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
     ctx = {"context_weight": cfg.sft_context_weight}

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from unimask.agent.protocol import Failure
+
 Episode = Mapping[str, Any]
 
 
@@ -34,6 +36,8 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
     failures: Counter[str] = Counter()
     for e in episodes:
         failures.update(e.get("failures", {}))
+    # Running out of context/token budget ends an episode without an action: not an invalid call.
+    out_of_budget = failures.pop(Failure.BUDGET_EXCEEDED.value, 0)
     correct = [e for e in episodes if e["em"] >= 1.0]
     return {
         "tasks": n,
@@ -46,6 +50,7 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
         "tool_calls_mean_correct": _mean([e["tool_calls"] for e in correct]),
         "invalid_call_rate": (sum(failures.values()) / actions) if actions else float("nan"),
         "invalid_by_type": {k: v / actions for k, v in sorted(failures.items())} if actions else {},
+        "out_of_budget_rate": out_of_budget / n if n else float("nan"),
         "nfe_mean": _mean([e["nfe"] for e in episodes]),
         "tokens_mean": _mean([e["tokens"] for e in episodes]),
         "tokens_per_nfe": (sum(e["tokens"] for e in episodes) / max(1, sum(e["nfe"] for e in episodes))),
@@ -139,6 +144,7 @@ def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
         ("rounds, mean (correct only)", "rounds_mean_correct", False),
         ("tool calls, mean", "tool_calls_mean", False),
         ("invalid tool calls (% of actions)", "invalid_call_rate", True),
+        ("out of context/token budget (% of tasks)", "out_of_budget_rate", True),
         ("NFE per task", "nfe_mean", False),
         ("tokens generated per task", "tokens_mean", False),
         ("tokens per forward pass", "tokens_per_nfe", False),
