@@ -204,3 +204,21 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
             row = torch.randn(tiny_tokenizer.vocab_size, generator=gen)
             full = c.mask_logits(row[None], [state], tiny_tokenizer)[0]
             assert c.best_valid(state, row, tiny_tokenizer) == int(full.argmax())
+
+
+def test_tool_call_constraint_keeps_numbers_within_schema_bounds():
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    args = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 1, "maximum": 5},
+                                             "t": {"type": "number", "minimum": -1.5, "maximum": 2}},
+            "required": ["k"]}
+    c = ToolCallConstraint({"oneOf": [{"properties": {"name": {"const": "f"}, "arguments": args}}]})
+    call = '<tool_call>{"name": "f", "arguments": {'
+    for ok in ('"k": 1', '"k": 5}}</tool_call>', '"k": 3, "t": -1.5}}', '"k": 3, "t": 2', '"k": 3, "t": 1.99',
+               '"k": 3, "t": -1.', '"k": 3, "t": -'):
+        assert c.valid(call + ok), ok
+    # "-" under minimum 1; "0" cannot grow into 1..5; 6 and 51 are past the maximum; -2 and 2.5 out of range
+    for bad in ('"k": -', '"k": 0', '"k": 6', '"k": 51', '"k": 3, "t": -2', '"k": 3, "t": 2.5',
+                '"k": 3, "t": 3'):
+        assert not c.valid(call + bad), bad
+    assert c.complete(call + '"k": 2}}</tool_call>') and not c.complete(call + '"k": 9}}</tool_call>')

@@ -5,8 +5,8 @@
 "arguments": {...}}``). It accepts an optional ``<think>...</think>`` and then exactly
 ``<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>`` in ``json.dumps``'s canonical
 spacing. Supported argument schema subset: an object with ``properties`` whose types are
-``string``, ``integer``, ``number`` or ``boolean`` (optionally ``enum`` of strings), ``required``
-keys, and no other keys (``additionalProperties: false`` is assumed).
+``string`` (optionally ``enum``), ``integer`` or ``number`` (optionally ``minimum``/``maximum``)
+or ``boolean``, ``required`` keys, and no other keys (``additionalProperties: false`` is assumed).
 
 AR decoding masks every candidate token that would break the prefix (checked over the top
 candidates by logit). Diffusion decoding commits, within a block, only a left-contiguous run of
@@ -29,6 +29,25 @@ _INT = re.compile(r"-?(0|[1-9]\d*)?")
 _NUM = re.compile(r"-?(\d+(\.\d*)?)?")
 # special tokens never belong inside an argument string (they would also break parsing)
 _SPECIAL_IN_STRINGS = ("<|", "<mask_", sp.TOOL_CALL_START, sp.TOOL_CALL_END, sp.THINK_START, "<fim_", "<sep>", "<eom>")
+
+
+def _in_bounds(number: str, schema: dict[str, Any], final: bool) -> bool:
+    """Can the number prefix ``number`` still end within ``minimum``/``maximum`` (inclusive)?
+
+    More digits only move a non-negative prefix up and a negative one down, so an open prefix is
+    checked against the bound it can no longer come back from; a finished number against both.
+    """
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is None and hi is None:
+        return True
+    negative = number.startswith("-")
+    digits = number.lstrip("-").rstrip(".")
+    if not digits:  # "" or "-"
+        return not (negative and lo is not None and lo >= 0)
+    v = float(number.rstrip("."))
+    if final:
+        return (lo is None or v >= lo) and (hi is None or v <= hi)
+    return (lo is None or v >= lo) if negative else (hi is None or v <= hi)
 
 
 class ToolCallConstraint:
@@ -178,8 +197,10 @@ class ToolCallConstraint:
         m = pattern.match(s)
         n = m.end() if m else 0
         if n == len(s):
-            return "open", ""
-        if n == 0 or s[n - 1] in "-.":
+            # an integer 0 cannot grow more digits: its bounds are checked as final already
+            final = kind == "integer" and s.lstrip("-") == "0"
+            return ("open", "") if _in_bounds(s, schema, final) else (None, "")
+        if n == 0 or s[n - 1] in "-." or not _in_bounds(s[:n], schema, final=True):
             return None, ""
         return "done", s[n:]
 
