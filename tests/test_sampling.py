@@ -179,7 +179,8 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
     assert c.valid('<tool_call>{"name": "search", "arguments": {"query": "a", "k": 3}}</tool_')
     for bad in ('<tool_call>{"name": "fly', '<tool_call>{"name": f', '<tool_call>{"name": "search", "arguments": {"k": "3"',
                 '<tool_call>{"name": "search", "arguments": {"k": 3}}', '<tool_call>{"name": "answer", "arguments": '
-                '{"text": "a", ', '<tool_call>{"name": "answer", "arguments": {"text": "a",', '<think>' + "x" * 11, '<tool_call>{"name": "answer", "arguments": {"text": "<|end'):
+                '{"text": "a", ', '<tool_call>{"name": "answer", "arguments": {"text": "a",', '<think>' + "x" * 11, '<tool_call>{"name": "answer", "arguments": {"text": "<|end',
+                '<tool_call>{"name": "search", "arguments": {"query": "a</think>'):
         assert not c.valid(bad), bad
     assert c.complete('<tool_call>{"name": "answer", "arguments": {"text": "a"}}</tool_call>')
     seen: list[str] = []

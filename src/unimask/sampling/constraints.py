@@ -28,7 +28,8 @@ from unimask.tokenizer import special as sp
 _INT = re.compile(r"-?(0|[1-9]\d*)?")
 _NUM = re.compile(r"-?(\d+(\.\d*)?)?")
 # special tokens never belong inside an argument string (they would also break parsing)
-_SPECIAL_IN_STRINGS = ("<|", "<mask_", sp.TOOL_CALL_START, sp.TOOL_CALL_END, sp.THINK_START, "<fim_", "<sep>", "<eom>")
+_SPECIAL_IN_STRINGS = ("<|", "<mask_", sp.TOOL_CALL_START, sp.TOOL_CALL_END, sp.THINK_START, sp.THINK_END, "<fim_",
+                       "<sep>", "<eom>")
 
 
 def _in_bounds(number: str, schema: dict[str, Any], final: bool) -> bool:
