@@ -191,6 +191,8 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     log.truncate(0)
     log.seek(0)
     assert run_compare(cfg) == report
+    stage_times = next(line for line in text.splitlines() if line.startswith("Stage wall times"))
+    assert stage_times in report.read_text()  # reused stages report what they cost when they ran
     second = log.getvalue()
     assert "▶" not in second and second.count("reusing") == 7 + 10, second
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -120,6 +120,25 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
     return final
 
 
+class _StageTimes:
+    """Wall time of each stage when it actually ran, kept in ``timings.json`` so that a resumed run
+    reports what every stage cost rather than the near-zero time of reusing it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    def record(self, stage: str, started: float) -> None:
+        self.times[stage] = time.perf_counter() - started
+        atomic_write_text(self.path, json.dumps(self.times, indent=2))
+
+    def summary(self) -> dict[str, float]:
+        """Stages (agent runs summed into one entry) and their total."""
+        agents = sum(v for k, v in self.times.items() if k.startswith("agents: "))
+        out = {k: v for k, v in self.times.items() if not k.startswith("agents: ")}
+        return {**out, "agent runs": agents, "total": sum(out.values()) + agents}
+
+
 def _check_same_config(path: Path, cfg: CompareConfig) -> None:
     """Stages are reused by existence, so a rerun must not silently mix results of two configs."""
     new = asdict(cfg)
@@ -143,11 +162,10 @@ def run_compare(cfg: CompareConfig) -> Path:
     from unimask.sampling import load_backbone
     from unimask.tokenizer import Tokenizer
 
-    t_start = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out / "compare_config.json", cfg)
-    timings: dict[str, float] = {}
+    times = _StageTimes(out / "timings.json")
 
     # 1. corpus + tokenizer
     t = time.perf_counter()
@@ -158,8 +176,8 @@ def run_compare(cfg: CompareConfig) -> Path:
         dc = from_dict(DataConfig, {"out_dir": str(data_dir), "max_docs": cfg.max_docs, "seed": cfg.seed,
                                     "tokenizer": {"vocab_size": cfg.vocab_size}})
         prepare_data(dc)
+        times.record("prepare", t)
     tokenizer = Tokenizer.load(data_dir)
-    timings["prepare"] = time.perf_counter() - t
 
     # 2. matched pre-training
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
@@ -178,8 +196,8 @@ def run_compare(cfg: CompareConfig) -> Path:
                   f"{cfg.pretrain_seq_len} tokens)", final / "config.json"):
             _train(cfg, out / f"pretrain_{name}", objective, data=packed, steps=cfg.pretrain_steps,
                    batch=cfg.pretrain_batch, lr=cfg.pretrain_lr)
+            times.record(f"pretrain_{name}", t)
         pre[name] = final
-        timings[f"pretrain_{name}"] = time.perf_counter() - t
 
     # 3. environment + oracle trajectories
     t = time.perf_counter()
@@ -192,7 +210,7 @@ def run_compare(cfg: CompareConfig) -> Path:
             good = [r for r in recs if r["em"] == 1.0]
             console.print(f"  {split}: {len(good)}/{len(recs)} oracle episodes correct")
             atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
-    timings["trajectories"] = time.perf_counter() - t
+        times.record("trajectories", t)
 
     # 4. matched fine-tuning
     lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
@@ -223,8 +241,8 @@ def run_compare(cfg: CompareConfig) -> Path:
         if _stage(f"fine-tune {arm} on the oracle trajectories ({steps} steps)", run_dir / "final" / "config.json"):
             _train(cfg, run_dir, objective, data=sft_data, steps=steps, batch=cfg.sft_batch, lr=cfg.sft_lr,
                    init_from=str(init))
+            times.record(f"sft_{arm}", t)
         sft[arm] = run_dir / "final"
-        timings[f"sft_{arm}"] = time.perf_counter() - t
 
     # 5. agents on the same test tasks
     tasks = env.tasks("test")
@@ -266,13 +284,14 @@ def run_compare(cfg: CompareConfig) -> Path:
             console.print(f"[dim]✓ agent run {label}: reusing {path}[/]")
             continue
         console.print(f"[bold cyan]▶ agent run: {label} on {len(spec['tasks'])} test tasks[/]")
+        t = time.perf_counter()
         backbone = load_backbone(spec["ckpt"], device=device, **spec["decoding"])
         tmp = path.with_suffix(".partial")
         tmp.unlink(missing_ok=True)
         episodes[label] = run_episodes(env, spec["tasks"], backbone, spec["loop"], log_path=tmp)
         tmp.replace(path)
+        times.record(f"agents: {label}", t)
     baseline = trivial_baseline(env, "test")
-    timings["total"] = time.perf_counter() - t_start
-    report = write_report(out, episodes, baseline, cfg, timings)
+    report = write_report(out, episodes, baseline, cfg, times.summary())
     console.print(f"[bold green]report:[/] {report}")
     return report

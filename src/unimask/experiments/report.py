@@ -106,8 +106,10 @@ def plot_latency(systems: Mapping[str, Sequence[Episode]], path: Path) -> Path:
     return path
 
 
-def plot_accuracy_latency(points: Mapping[str, tuple[float, float]], path: Path) -> Path:
-    """Scatter of (mean wall time, EM accuracy) for every system/decoding setting."""
+def plot_accuracy_latency(points: Mapping[str, tuple[float, float]], path: Path,
+                          baseline_em: float | None = None) -> Path:
+    """Scatter of (mean wall time, EM accuracy) for every system/decoding setting, with the trivial
+    baseline's accuracy as a dashed line when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,6 +119,8 @@ def plot_accuracy_latency(points: Mapping[str, tuple[float, float]], path: Path)
     markers = "osD^vP*Xh<>"
     for k, (name, (lat, acc)) in enumerate(points.items()):
         ax.scatter([lat], [acc * 100], marker=markers[k % len(markers)], s=50, label=name)
+    if baseline_em is not None:
+        ax.axhline(baseline_em * 100, color="grey", linestyle="--", linewidth=1, label="trivial baseline")
     ax.set(xlabel="mean wall time per task (s)", ylabel="exact match (%)", title="Accuracy vs latency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -195,7 +199,7 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
     speed = paired_speedup(main["AR"], main["DLLM"]) if {"AR", "DLLM"} <= set(main) else None
     plot_latency(main, out / "latency.png")
     points = {k: (s["wall_mean"], s["em"]) for k, s in {**summaries, **sweep_summaries}.items()}
-    plot_accuracy_latency(points, out / "accuracy_vs_latency.png")
+    plot_accuracy_latency(points, out / "accuracy_vs_latency.png", baseline.get("em"))
     ar, dl = summaries.get("AR"), summaries.get("DLLM")
     lines = [
         "# AR vs DLLM agents on DocQA (matched fine-tuning)",
