@@ -118,7 +118,7 @@ def test_write_report_separates_main_systems_from_the_sweep(tmp_path: Path) -> N
     assert (tmp_path / "accuracy_vs_latency.png").is_file()
     assert "| metric | AR | DLLM |\n" in text and "| metric | DLLM threshold 0.5 |\n" in text
     assert "speed-up of DLLM over AR**: 2.00x" in text and "2 tasks" in text
-    assert "all 7 test tasks: EM 25.0%" in text
+    assert "same 7 test tasks: EM 25.0%" in text
     assert "| type=default | 0.0 (n=1) | 100.0 (n=1) |" in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["main"]) == {"AR", "DLLM"} and set(summary["sweep"]) == {"DLLM threshold 0.5"}
@@ -265,3 +265,13 @@ def test_training_without_a_checkpoint_is_an_error(tmp_path: Path, monkeypatch: 
     with pytest.raises(RuntimeError, match="no checkpoint"):
         _train(tiny_config(tmp_path), out, [{"name": "causal"}], **_train_args(tmp_path))
     assert not (out / "final").exists()
+
+
+def test_test_tasks_are_spread_over_the_split_not_a_prefix() -> None:
+    from unimask.experiments.compare import _spread
+
+    ordered = ["module"] * 254 + ["default"] * 99  # the test split is ordered by question type
+    picked = _spread(list(enumerate(ordered)), 60)
+    assert len({i for i, _ in picked}) == 60 and picked[0][0] == 0 and picked[-1][0] == 352
+    assert sum(kind == "default" for _, kind in picked) in (16, 17, 18)  # ~28%, as in the split
+    assert _spread([1, 2], 5) == [1, 2] and _spread([1, 2, 3], 1) == [1]

@@ -321,13 +321,14 @@ def breakdown(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
             for k, v in sorted(groups.items())}
 
 
-def trivial_baseline(env: DocQAEnvironment, split: str) -> dict[str, float]:
-    """Answer without tools: the most frequent training answer of the question's type."""
+def trivial_baseline(env: DocQAEnvironment, split: str, tasks: Sequence[Task] | None = None) -> dict[str, float]:
+    """Answer without tools: the most frequent training answer of the question's type, scored on
+    ``tasks`` (default: the whole split)."""
     common: dict[str, str] = {}
     for kind in TASK_TYPES:
         answers = Counter(t.answer for t in env.tasks("train") if t.meta["type"] == kind)
         common[kind] = answers.most_common(1)[0][0] if answers else ""
-    tasks = env.tasks(split)
+    tasks = env.tasks(split) if tasks is None else tasks
     em = [exact_match(common[t.meta["type"]], t.answer) for t in tasks]
     f1 = [token_f1(common[t.meta["type"]], t.answer) for t in tasks]
     return {"n": len(tasks), "em": float(np.mean(em)) if em else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0}

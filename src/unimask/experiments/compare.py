@@ -120,6 +120,14 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
     return final
 
 
+def _spread(items: list[Any], n: int) -> list[Any]:
+    """``n`` items evenly spread over ``items`` (in order). Task lists are ordered by question type,
+    so a prefix would skew the type mix."""
+    if n >= len(items):
+        return list(items)
+    return [items[round(j * (len(items) - 1) / max(1, n - 1))] for j in range(n)] if n > 1 else items[:n]
+
+
 class _StageTimes:
     """Wall time of each stage when it actually ran, kept in ``timings.json`` so that a resumed run
     reports what every stage cost rather than the near-zero time of reusing it."""
@@ -245,9 +253,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         sft[arm] = run_dir / "final"
 
     # 5. agents on the same test tasks
-    tasks = env.tasks("test")
-    step = max(1, len(tasks) // cfg.test_tasks)
-    tasks = tasks[::step][: cfg.test_tasks]
+    tasks = _spread(env.tasks("test"), cfg.test_tasks)
     loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
                       max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
     free = dataclasses.replace(loop, constrained=not cfg.constrained)
@@ -259,7 +265,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         "DLLM": {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
         "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
     }
-    sweep = tasks[: cfg.settings_tasks]
+    sweep = _spread(tasks, cfg.settings_tasks)
     for label, ckpt, dec, lp in (
         ("AR (sweep subset)", sft["AR"], {}, loop),
         (f"AR {free_label}", sft["AR"], {}, free),
@@ -291,7 +297,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         episodes[label] = run_episodes(env, spec["tasks"], backbone, spec["loop"], log_path=tmp)
         tmp.replace(path)
         times.record(f"agents: {label}", t)
-    baseline = trivial_baseline(env, "test")
+    baseline = {**trivial_baseline(env, "test", tasks), "split": trivial_baseline(env, "test")}
     report = write_report(out, episodes, baseline, cfg, times.summary())
     console.print(f"[bold green]report:[/] {report}")
     return report

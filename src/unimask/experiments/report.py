@@ -185,7 +185,7 @@ def _breakdown_table(systems: Mapping[str, Sequence[Episode]]) -> str:
     return "\n".join(out)
 
 
-def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline: Mapping[str, float],
+def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline: Mapping[str, Any],
                  cfg: Any, timings: Mapping[str, float]) -> Path:
     """``out/report.md`` plus PNG plots, from the episode records of every run."""
     import dataclasses
@@ -211,8 +211,10 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
         "",
         summary_table(summaries),
         "",
-        f"Trivial baseline (answer without tools: most frequent training answer per question type), "
-        f"all {baseline['n']} test tasks: EM {100 * baseline['em']:.1f}%, F1 {100 * baseline['f1']:.1f}%.",
+        f"Trivial baseline (answer without tools: most frequent training answer per question type) on the "
+        f"same {baseline['n']} test tasks: EM {100 * baseline['em']:.1f}%, F1 {100 * baseline['f1']:.1f}%"
+        + (f" (all {baseline['split']['n']} test tasks: EM {100 * baseline['split']['em']:.1f}%)."
+           if "split" in baseline else "."),
         "",
     ]
     if speed and ar and dl:
