@@ -79,6 +79,8 @@ def test_tool_call_schema_accepts_exactly_valid_envelopes(env):
     jsonschema.validate({"name": "open", "arguments": {"doc_id": "x"}}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "open", "arguments": {"query": "x"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # an empty answer is never an answer
+        jsonschema.validate({"name": "answer", "arguments": {"text": ""}}, schema)
 
 
 def test_tools_turn_errors_into_observations(env, tmp_path):

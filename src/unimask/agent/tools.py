@@ -151,7 +151,7 @@ def answer_tool() -> Tool:
     return Tool(
         "answer",
         "Give the final answer and finish.",
-        {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
+        {"type": "object", "properties": {"text": {"type": "string", "minLength": 1}}, "required": ["text"],
          "additionalProperties": False},
         lambda text: text,
         final=True,
