@@ -112,14 +112,16 @@ def test_write_report_separates_main_systems_from_the_sweep(tmp_path: Path) -> N
     ar = [episode("a", em=1.0, wall_time=2.0), episode("b", wall_time=2.0, type_="default", hops=2)]
     dllm = [episode("a", wall_time=1.0), episode("b", em=1.0, wall_time=1.0, type_="default", hops=2)]
     episodes = {"AR": ar, "DLLM": dllm, "DLLM threshold 0.5": dllm[:1]}
-    path = write_report(tmp_path, episodes, {"n": 7, "em": 0.25, "f1": 0.5}, {"seed": 3}, {"total": 1.0})
+    baseline = {"n": 7, "em": 0.25, "f1": 0.5, "breakdown": {"type=default": {"n": 1, "em": 1.0, "f1": 1.0}}}
+    path = write_report(tmp_path, episodes, baseline, {"seed": 3}, {"total": 1.0})
     text = path.read_text()
     assert path == tmp_path / "report.md" and (tmp_path / "latency.png").is_file()
     assert (tmp_path / "accuracy_vs_latency.png").is_file()
     assert "| metric | AR | DLLM |\n" in text and "| metric | DLLM threshold 0.5 |\n" in text
     assert "speed-up of DLLM over AR**: 2.00x" in text and "2 tasks" in text
     assert "same 7 test tasks: EM 25.0%" in text
-    assert "| type=default | 0.0 (n=1) | 100.0 (n=1) |" in text
+    assert "| type=default | 0.0 (n=1) | 100.0 (n=1) | 100.0 |" in text  # last column: the baseline
+    assert "| type=module | 100.0 (n=1) | 0.0 (n=1) | – |" in text
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["main"]) == {"AR", "DLLM"} and set(summary["sweep"]) == {"DLLM threshold 0.5"}
     assert summary["speedup"]["speedup"] == pytest.approx(2.0)

@@ -114,6 +114,11 @@ def test_oracle_solves_the_test_split_through_the_real_tools(env: DocQAEnvironme
     assert sum(v["n"] for k, v in table.items() if k.startswith("hops=")) == len(records)
     base = trivial_baseline(env, "test")
     assert base["n"] == len(records) and base["em"] < 0.5 < em
+    by_type = [v for k, v in base["breakdown"].items() if k.startswith("type=")]
+    assert sum(v["n"] for v in by_type) == base["n"]
+    assert sum(v["n"] * v["em"] for v in by_type) == pytest.approx(base["n"] * base["em"])
+    some = env.tasks("test")[:5]
+    assert trivial_baseline(env, "test", some)["n"] == 5  # scored on exactly the given tasks
     # recoveries: some episodes search twice (a miss, then the retry) and still answer correctly
     retries = [r for r in records if sum('"name": "search"' in t["content"] for t in r["turns"]) == 2]
     assert 0.1 * len(records) < len(retries) < 0.35 * len(records)

@@ -321,9 +321,9 @@ def breakdown(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
             for k, v in sorted(groups.items())}
 
 
-def trivial_baseline(env: DocQAEnvironment, split: str, tasks: Sequence[Task] | None = None) -> dict[str, float]:
+def trivial_baseline(env: DocQAEnvironment, split: str, tasks: Sequence[Task] | None = None) -> dict[str, Any]:
     """Answer without tools: the most frequent training answer of the question's type, scored on
-    ``tasks`` (default: the whole split)."""
+    ``tasks`` (default: the whole split); with the same breakdown as ``breakdown``."""
     common: dict[str, str] = {}
     for kind in TASK_TYPES:
         answers = Counter(t.answer for t in env.tasks("train") if t.meta["type"] == kind)
@@ -331,7 +331,9 @@ def trivial_baseline(env: DocQAEnvironment, split: str, tasks: Sequence[Task] | 
     tasks = env.tasks(split) if tasks is None else tasks
     em = [exact_match(common[t.meta["type"]], t.answer) for t in tasks]
     f1 = [token_f1(common[t.meta["type"]], t.answer) for t in tasks]
-    return {"n": len(tasks), "em": float(np.mean(em)) if em else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0}
+    slices = breakdown([{"meta": t.meta, "em": e, "f1": f} for t, e, f in zip(tasks, em, f1, strict=True)])
+    return {"n": len(tasks), "em": float(np.mean(em)) if em else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0,
+            "breakdown": slices}
 
 
 def to_training_record(record: dict[str, Any]) -> dict[str, Any]:

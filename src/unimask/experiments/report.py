@@ -171,16 +171,21 @@ def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _breakdown_table(systems: Mapping[str, Sequence[Episode]]) -> str:
+def _breakdown_table(systems: Mapping[str, Sequence[Episode]],
+                     baseline: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """EM by question type and hop count, one column per system (plus the trivial baseline's)."""
     keys = sorted({f"{k}={e['meta'][k]}" for eps in systems.values() for e in eps for k in ("type", "hops")})
     names = list(systems)
-    out = ["| slice | " + " | ".join(f"{n} EM (%)" for n in names) + " |", "|---|" + "---|" * len(names)]
+    head = [f"{n} EM (%)" for n in names] + (["trivial baseline EM (%)"] if baseline else [])
+    out = ["| slice | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for key in keys:
         k, v = key.split("=")
         cells = []
         for n in names:
             sel = [e["em"] for e in systems[n] if str(e["meta"][k]) == v]
             cells.append(f"{100 * _mean(sel):.1f} (n={len(sel)})" if sel else "–")
+        if baseline:
+            cells.append(f"{100 * baseline[key]['em']:.1f}" if key in baseline else "–")
         out.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -246,7 +251,7 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
         "",
         "## By question type and hop count",
         "",
-        _breakdown_table(main),
+        _breakdown_table(main, baseline.get("breakdown")),
         "",
         "## Run",
         "",
