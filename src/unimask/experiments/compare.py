@@ -274,6 +274,10 @@ def run_compare(cfg: CompareConfig) -> Path:
         ("DLLM one token/step", sft["DLLM"], {"threshold": None, "steps": None}, loop),
         ("DLLM threshold 0.7", sft["DLLM"], {"threshold": 0.7}, loop),
         ("DLLM threshold 0.5", sft["DLLM"], {"threshold": 0.5}, loop),
+        # the unaligned (bidirectional) DLLM decodes with approximate caches: dual is its default
+        ("DLLM unaligned (sweep subset)", sft["DLLM unaligned"], dllm_default, loop),
+        ("DLLM unaligned prefix cache", sft["DLLM unaligned"], {**dllm_default, "cache": "prefix"}, loop),
+        ("DLLM unaligned no cache", sft["DLLM unaligned"], {**dllm_default, "cache": "none"}, loop),
     ):
         runs[label] = {"ckpt": ckpt, "decoding": dec, "tasks": sweep, "loop": lp}
     episodes: dict[str, list[dict[str, Any]]] = {}
