@@ -28,6 +28,7 @@ class Outer:
     name: str = "x"
     model: Inner = field(default_factory=Inner)
     tags: list[str] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=lambda: {"max_seq_len": 1024})
 
 
 def test_config_files_overrides_and_errors(tmp_path):
@@ -36,6 +37,11 @@ def test_config_files_overrides_and_errors(tmp_path):
     cfg = load_config(Outer, tmp_path / "c.yaml", ["--model.n_layers", "4", "--model.ratio=[0.3, 0.4]",
                                                   "--tags", "a,b", "--model.flag", "yes"])
     assert cfg == Outer("y", Inner(4, (0.3, 0.4), True), ["a", "b"])
+    # a dotted override sets one key of a mapping field and keeps the default's other keys
+    assert load_config(Outer, None, ["--extra.smear", "true"]).extra == {"max_seq_len": 1024, "smear": "true"}
+    from unimask.presets import model_preset
+
+    assert model_preset("tiny", smear="true", max_seq_len="64").smear is True  # CLI strings get typed
     assert load_config(Outer, tmp_path / "c.toml").model.flag is True
     with pytest.raises(ConfigError, match=r"unknown config key 'model.n_layer'.*valid keys: flag, n_layers, ratio"):
         load_config(Outer, None, {"model.n_layer": "2"})

@@ -20,6 +20,16 @@ def model() -> Transformer:
     return Transformer(model_preset("tiny", n_kv_heads=2)).eval()
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smear"])
+def any_model(request) -> Transformer:
+    """The plain model and one with a (randomised, so not a no-op) previous-token smear."""
+    torch.manual_seed(0)
+    m = Transformer(model_preset("tiny", n_kv_heads=2, smear=request.param)).eval()
+    if m.smear_gate is not None:
+        torch.nn.init.normal_(m.smear_gate.weight, std=0.3)
+    return m
+
+
 def _logits(model: Transformer, ids: torch.Tensor, s: AttentionStructure) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, s)
@@ -58,12 +68,33 @@ STRUCTURES = {
     "turns": AttentionStructure.block_causal(torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 3])),
     "block_diffusion": AttentionStructure.block_diffusion(1, 6, 2),
     "padding": AttentionStructure.pad_to(AttentionStructure.causal(1, 7), 10),
+    # aligned agent layout: clean causal 0..7, then a noised copy of positions 5..7 (block id 5)
+    "aligned_action": AttentionStructure(
+        torch.zeros(1, 11, dtype=torch.long),
+        torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 5, 5, 5]]),
+        torch.tensor([[False] * 8 + [True] * 3]),
+        torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 7]]),
+    ),
 }
 
 
+def test_predecessors_by_hand():
+    index, found = STRUCTURES["aligned_action"].predecessors()
+    # clean tokens: the previous index; noised 5 -> clean 4 (block start); noised 6, 7 -> noised 5, 6
+    assert index[0].tolist()[1:] == [0, 1, 2, 3, 4, 5, 6, 4, 8, 9]
+    assert found[0].tolist() == [False] + [True] * 10
+    index, found = STRUCTURES["documents"].predecessors()
+    assert found[0].tolist() == [False, True, True, False, True, True, True, False, True, True]
+    index, found = STRUCTURES["block_diffusion"].predecessors(q_start=0, chunk=4)  # x_t 0..5, x_0 6..11
+    assert index[0].tolist()[1:6] == [0, 7, 2, 9, 4]  # x_t block starts read the clean token before
+    assert found[0].tolist() == [False, True, True, True, True, True, False] + [True] * 5
+    _, found = STRUCTURES["padding"].predecessors()
+    assert found[0].tolist()[7:] == [False, False, False]
+
+
 @pytest.mark.parametrize("name", sorted(STRUCTURES))
-def test_structures_leak_free(model, name):
-    assert_leak_free(model, STRUCTURES[name])
+def test_structures_leak_free(any_model, name):
+    assert_leak_free(any_model, STRUCTURES[name])
 
 
 def test_block_diffusion_rule_by_hand():
@@ -79,24 +110,24 @@ def test_positions_restart_per_document():
     assert positions_from_segments(torch.tensor([[0, 0, 1, 1, 1, 2]])).tolist() == [[0, 1, 0, 1, 2, 0]]
 
 
-def test_causal_fast_path_matches_structure(model):
+def test_causal_fast_path_matches_structure(any_model):
     ids = torch.randint(0, V, (2, 17))
-    torch.testing.assert_close(_logits(model, ids, AttentionStructure.causal(2, 17)), model(ids), atol=0, rtol=0)
+    torch.testing.assert_close(_logits(any_model, ids, AttentionStructure.causal(2, 17)), any_model(ids), atol=0, rtol=0)
 
 
-def test_ar_kv_cache_matches_full_forward(model):
+def test_ar_kv_cache_matches_full_forward(any_model):
     ids = torch.randint(0, V, (2, 24))
-    full = model(ids)
-    cache = model.new_kv_cache(2, 32)
-    parts = [model(ids[:, :7], kv_cache=cache)]
+    full = any_model(ids)
+    cache = any_model.new_kv_cache(2, 32)
+    parts = [any_model(ids[:, :7], kv_cache=cache)]
     for t in range(7, 24):
-        parts.append(model(ids[:, t : t + 1], kv_cache=cache))
+        parts.append(any_model(ids[:, t : t + 1], kv_cache=cache))
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
     cache.truncate(10)
-    torch.testing.assert_close(model(ids[:, 10:12], kv_cache=cache), full[:, 10:12], atol=1e-5, rtol=0)
+    torch.testing.assert_close(any_model(ids[:, 10:12], kv_cache=cache), full[:, 10:12], atol=1e-5, rtol=0)
 
 
-def test_block_diffusion_cache_matches_training_layout(model):
+def test_block_diffusion_cache_matches_training_layout(any_model):
     """A noisy block against an exact cache of the clean (causal) context == the x_t ⊕ x_0 layout."""
     L, bs = 12, 4
     x0 = torch.randint(3, V, (1, L))
@@ -110,11 +141,11 @@ def test_block_diffusion_cache_matches_training_layout(model):
         torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(bs, dtype=torch.bool)])[None],
         torch.cat([pos, pos[8:]])[None],
     )
-    ref = _logits(model, torch.cat([x0, noisy_block], 1), s)[:, L:]
-    cache = model.new_kv_cache(1, 32)
+    ref = _logits(any_model, torch.cat([x0, noisy_block], 1), s)[:, L:]
+    cache = any_model.new_kv_cache(1, 32)
     with torch.no_grad():
-        model(x0[:, :8], kv_cache=cache)
-        got = model(noisy_block, s[L:], kv_cache=cache, commit=False)
+        any_model(x0[:, :8], kv_cache=cache)
+        got = any_model(noisy_block, s[L:], kv_cache=cache, commit=False)
     assert cache.length == 8
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 

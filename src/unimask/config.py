@@ -7,6 +7,7 @@ and rejects an unknown or mistyped key with an error that lists the valid keys.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -194,8 +195,33 @@ def load_config(
     if overrides:
         if not isinstance(overrides, Mapping):
             overrides = parse_overrides(overrides)
+        for dotted in overrides:
+            _seed_mapping_default(cls, data, dotted.split("."))
         data = apply_overrides(data, overrides)
     return from_dict(cls, data)
+
+
+def _seed_mapping_default(cls: Any, data: dict[str, Any], path: list[str]) -> None:
+    """Before ``--a.key value`` sets one key of a mapping field ``a`` that ``data`` lacks, copy in
+    ``a``'s default, so the override changes that key instead of replacing the whole mapping."""
+    if not dataclasses.is_dataclass(cls) or len(path) < 2:
+        return
+    field = next((f for f in dataclasses.fields(cls) if f.name == path[0]), None)
+    if field is None:
+        return
+    tp = _field_types(cls)[field.name]
+    if dataclasses.is_dataclass(tp):
+        node = data.get(field.name)
+        if isinstance(node, dict):
+            _seed_mapping_default(tp, node, path[1:])
+        elif node is None:
+            data[field.name] = {}
+            _seed_mapping_default(tp, data[field.name], path[1:])
+    elif typing.get_origin(tp) in (dict, Mapping) and field.name not in data:
+        if field.default_factory is not dataclasses.MISSING:
+            data[field.name] = copy.deepcopy(field.default_factory())
+        elif isinstance(field.default, Mapping):
+            data[field.name] = copy.deepcopy(dict(field.default))
 
 
 def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:

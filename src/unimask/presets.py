@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from unimask.config import from_dict
 from unimask.model.config import ModelConfig
 
 MODEL_PRESETS: dict[str, dict] = {
@@ -24,8 +25,8 @@ MODEL_PRESETS: dict[str, dict] = {
 def model_preset(name: str, **overrides: object) -> ModelConfig:
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
-    cfg = {**MODEL_PRESETS[name], **overrides}
-    return ModelConfig(**cfg)
+    # from_dict types the overrides (CLI strings such as "true" or "1024") and names unknown keys
+    return from_dict(ModelConfig, {**MODEL_PRESETS[name], **overrides})
 
 
 def preset_names() -> list[str]:

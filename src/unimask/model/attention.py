@@ -95,6 +95,28 @@ class AttentionStructure:
             self.noisy[:, None, :],
         ).unsqueeze(1)
 
+    def predecessors(self, q_start: int = 0, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+        """Index and existence ``[B, Lq]`` of each query's predecessor, for queries ``q_start:``.
+
+        The predecessor of query q is the key one RoPE position earlier that q may attend to;
+        where two qualify (a clean and a noisy copy) the one of q's own kind wins. It is the
+        previous token of a causal sequence, stops at document starts and padding, and inside a
+        noised block (block diffusion, aligned agent actions) it is the previous noised token,
+        or at the block's first position the clean token before it. Queries are processed in
+        chunks so the ``[B, chunk, L]`` scratch stays small for long sequences.
+        """
+        index, found = [], []
+        for lo in range(q_start, self.seq_len, chunk):
+            q = slice(lo, min(lo + chunk, self.seq_len))
+            candidate = self.dense_mask(q).squeeze(1) & (
+                self.position_ids[:, None, :] == self.position_ids[:, q, None] - 1
+            )
+            same_kind = candidate & (self.noisy[:, None, :] == self.noisy[:, q, None])
+            score = candidate.to(torch.int8) + same_kind.to(torch.int8)
+            index.append(score.argmax(-1))
+            found.append(candidate.any(-1))
+        return torch.cat(index, 1), torch.cat(found, 1)
+
     def mask_mod(self, q_offset: int = 0):
         """A ``flex_attention`` mask_mod closing over this structure (queries offset into keys)."""
         doc, blk, noisy = self.doc_ids, self.block_ids, self.noisy

@@ -20,6 +20,10 @@ class ModelConfig:
     tie_embeddings: bool = True
     attn_impl: Literal["sdpa", "flex"] = "sdpa"
     init_std: float = 0.02
+    # Mix the embedding of each token's predecessor (the visible token one position earlier) into
+    # its own, through a learned gate: a previous-token feature at layer 0, which small models
+    # otherwise need a dedicated attention head and many steps to learn before they can copy.
+    smear: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:

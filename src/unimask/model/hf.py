@@ -69,6 +69,9 @@ def to_hf_llama(model: Transformer) -> Any:
     """An in-memory ``LlamaForCausalLM`` with this model's weights."""
     from transformers import LlamaForCausalLM
 
+    if model.cfg.smear:
+        raise ValueError("this model uses smear (a previous-token embedding mix) that Llama does not have; "
+                         "export_hf supports smear=false models only")
     hf = LlamaForCausalLM(llama_config(model.cfg))
     state = {_to_hf_name(k): v for k, v in model.state_dict().items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)

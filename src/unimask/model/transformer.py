@@ -4,6 +4,12 @@ It knows nothing of objectives: every call takes an ``AttentionStructure`` (who 
 whom, and RoPE positions) and returns logits. A ``KVCache`` makes decoding incremental for
 AR and block-causal (block diffusion) decoding: new tokens attend to the cached keys plus
 themselves under the same structure rule, optionally without being stored (``commit=False``).
+
+With ``ModelConfig.smear`` each token's embedding also receives, through a learned gate, the
+embedding of its *predecessor*: the token one RoPE position earlier that it may attend to
+(preferring one of its own kind, noisy or clean). The structure alone defines it, so the same
+rule is right for causal, packed, bidirectional, block-diffusion and aligned agent layouts, and
+for cached decoding (the cache keeps its token ids).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
         self.structure: AttentionStructure | None = None  # fields of the cached tokens
+        self.ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)  # token ids (smear)
 
     def truncate(self, n: int) -> None:
         """Forget everything after the first ``n`` cached tokens."""
@@ -71,6 +78,7 @@ class KVCache:
             for i, t in enumerate(store):
                 kept = t[:, :, index].clone()
                 store[i][:, :, :n] = kept
+        self.ids[:, :n] = self.ids[:, index].clone()
         if self.structure is not None:
             self.structure = self.structure[index]
         self.length = n
@@ -79,6 +87,7 @@ class KVCache:
         """Keep batch rows ``index`` (e.g. drop finished sequences)."""
         self.k = [k[index] for k in self.k]
         self.v = [v[index] for v in self.v]
+        self.ids = self.ids[index]
         if self.structure is not None:
             s = self.structure
             self.structure = AttentionStructure(
@@ -174,6 +183,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self.smear_gate = nn.Linear(cfg.d_model, 1) if cfg.smear else None
         self.activation_checkpointing = False
         self.reset_parameters()
 
@@ -186,6 +196,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=s)
             else:
                 nn.init.ones_(p)
+        if self.smear_gate is not None:  # start at an even mix, learn from there
+            nn.init.zeros_(self.smear_gate.weight)
+            nn.init.zeros_(self.smear_gate.bias)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         self.activation_checkpointing = enabled
@@ -197,6 +210,18 @@ class Transformer(nn.Module):
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = self.embed.weight
         return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, dtype or p.dtype)
+
+    # ------------------------------------------------------------------ smear
+    def _smear(self, x: Tensor, input_ids: Tensor, structure: AttentionStructure | None,
+               cache: KVCache | None, start: int) -> Tensor:
+        """Add the gated embedding of each new token's predecessor (see the module docstring)."""
+        if structure is None:  # plain causal, no cache: the predecessor is the previous index
+            prev = F.pad(x[:, :-1], (0, 0, 1, 0))
+        else:
+            ids = input_ids if cache is None or start == 0 else torch.cat([cache.ids[:, :start], input_ids], 1)
+            index, found = structure.predecessors(start)
+            prev = self.embed(torch.gather(ids, 1, index)) * found.unsqueeze(-1).to(x.dtype)
+        return x + torch.sigmoid(self.smear_gate(x)) * prev
 
     # ------------------------------------------------------------------ attention plumbing
     def _structure(self, B: int, T: int, attention: AttentionStructure | None, cache: KVCache | None,
@@ -236,6 +261,8 @@ class Transformer(nn.Module):
         start = kv_cache.length if kv_cache is not None else 0
         structure = self._structure(B, T, attention, kv_cache, device)
         x = self.embed(input_ids)
+        if self.smear_gate is not None:
+            x = self._smear(x, input_ids, structure, kv_cache, start)
         if structure is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -262,6 +289,7 @@ class Transformer(nn.Module):
             else:
                 x = layer(x, cos, sin, mask, is_causal, kv_cache, i, commit, block_mask)
         if kv_cache is not None and commit:
+            kv_cache.ids[:, start : start + T] = input_ids
             kv_cache.length = start + T
             kv_cache.structure = structure
         return self.lm_head(self.norm(x))
