@@ -18,6 +18,16 @@ def model() -> Transformer:
     return Transformer(model_preset("tiny")).eval()
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smear"])
+def any_model(request) -> Transformer:
+    """The plain model and a smear model (predecessor embeddings must follow padding and caches)."""
+    torch.manual_seed(0)
+    m = Transformer(model_preset("tiny", smear=request.param)).eval()
+    if m.smear_gate is not None:
+        torch.nn.init.normal_(m.smear_gate.weight, std=0.3)
+    return m
+
+
 def reference_greedy(model, ids: list[int], n: int) -> list[int]:
     """Greedy decoding by full re-forward every step (no cache, no padding)."""
     x = torch.tensor([ids])
@@ -30,12 +40,12 @@ def reference_greedy(model, ids: list[int], n: int) -> list[int]:
     return out
 
 
-def test_ar_matches_uncached_reference_in_a_padded_batch(model, tiny_tokenizer):
-    ar = ARBackbone(model, tiny_tokenizer)
+def test_ar_matches_uncached_reference_in_a_padded_batch(any_model, tiny_tokenizer):
+    ar = ARBackbone(any_model, tiny_tokenizer)
     prompts = ["def f(x):\n    return", "import json", "class A:\n    pass\n"]
     gens = ar.generate(prompts, max_new_tokens=8, stop_token_ids=[])
     for p, g in zip(prompts, gens, strict=True):
-        assert g.token_ids == reference_greedy(model, tiny_tokenizer.encode(p), 8)
+        assert g.token_ids == reference_greedy(any_model, tiny_tokenizer.encode(p), 8)
         assert g.nfe == 8 and g.stop_reason == "length"
 
 
@@ -91,11 +101,11 @@ def test_choose_commits_low_confidence_and_threshold():
     assert int(commit.sum()) == 1  # at least one token per step
 
 
-def test_block_diffusion_cached_decoding_equals_uncached(model, tiny_tokenizer):
+def test_block_diffusion_cached_decoding_equals_uncached(any_model, tiny_tokenizer):
     """The exact-cache block sampler commits the same tokens as an uncached re-forward of the
     x_0 ⊕ noisy-block layout, step for step (one token per step)."""
     tok = tiny_tokenizer
-    d = DiffusionBackbone(model, tok, mode="block", block_length=4)
+    d = DiffusionBackbone(any_model, tok, mode="block", block_length=4)
     prompt = tok.encode("def f(x):")
     g = d.generate(["def f(x):"], max_new_tokens=8, threshold=None, stop_token_ids=[])[0]
     # uncached reference
@@ -113,7 +123,7 @@ def test_block_diffusion_cached_decoding_equals_uncached(model, tiny_tokenizer):
                     torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])[None],
                     torch.cat([pos, torch.arange(s, s + 4)])[None],
                 )
-                logits = model(torch.tensor([x0 + block]), st)[:, L:].clone()
+                logits = any_model(torch.tensor([x0 + block]), st)[:, L:].clone()
                 logits[..., tok.mask_id] = float("-inf")
                 p = logits.softmax(-1)[0]
                 conf, arg = p.max(-1)
@@ -135,8 +145,8 @@ def test_parallel_decoding_cuts_nfe(model, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_full_diffusion_caches_run_and_count(model, tiny_tokenizer, cache):
-    d = DiffusionBackbone(model, tiny_tokenizer, mode="full", block_length=4)
+def test_full_diffusion_caches_run_and_count(any_model, tiny_tokenizer, cache):
+    d = DiffusionBackbone(any_model, tiny_tokenizer, mode="full", block_length=4)
     g = d.generate(["def f("], max_new_tokens=8, threshold=None, steps=8, cache=cache)[0]
     assert g.nfe == 8 and tiny_tokenizer.mask_id not in g.token_ids
 
