@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -33,9 +34,17 @@ MODULES = [
 ]
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable(text: str) -> str:
+    """Drop memory addresses from reprs (``<object object at 0x7f...>``): they change every run."""
+    return _ADDRESS.sub("", text)
+
+
 def _signature(obj: Any) -> str | None:
     try:
-        return str(inspect.signature(obj))
+        return _stable(str(inspect.signature(obj)))
     except (TypeError, ValueError):
         return None
 
@@ -54,7 +63,7 @@ def _entry(kind: str, qual: str, module: str, obj: Any) -> dict[str, Any]:
             for p in inspect.signature(obj).parameters.values():
                 if p.name in ("self", "cls"):
                     continue
-                default = None if p.default is inspect.Parameter.empty else repr(p.default)
+                default = None if p.default is inspect.Parameter.empty else _stable(repr(p.default))
                 params.append({"name": p.name, "default": default, "kind": p.kind.name})
         except (TypeError, ValueError):
             params = []
@@ -96,7 +105,7 @@ def build_corpus(modules: list[str] | None = None) -> list[dict[str, Any]]:
 
 def load_corpus(cache_dir: Path) -> list[dict[str, Any]]:
     """The corpus for this interpreter, built once and cached at ``cache_dir``."""
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    tag = f"v2-py{sys.version_info.major}{sys.version_info.minor}"  # v2: reprs without memory addresses
     path = Path(cache_dir) / f"docqa-corpus-{tag}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
