@@ -107,6 +107,14 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, sync: bool = True) -> None:
+    """Destroy the process group; ``sync`` first waits for every rank (the normal exit path).
+
+    Without the barrier a rank that tears gloo down while a peer's last collective is still in
+    flight can abort that peer at exit (SIGABRT). After an error, skip it: the peers may never
+    arrive, and the failing rank must exit so that torchrun stops the others.
+    """
     if info.enabled and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()

@@ -483,6 +483,9 @@ def train(cfg: TrainConfig, **components: Any) -> TrainResult:
 
     trainer = Trainer(cfg, **components)
     try:
-        return trainer.fit()
-    finally:
-        cleanup(trainer.info)
+        result = trainer.fit()
+    except BaseException:
+        cleanup(trainer.info, sync=False)
+        raise
+    cleanup(trainer.info)
+    return result
