@@ -277,3 +277,15 @@ def test_test_tasks_are_spread_over_the_split_not_a_prefix() -> None:
     assert len({i for i, _ in picked}) == 60 and picked[0][0] == 0 and picked[-1][0] == 352
     assert sum(kind == "default" for _, kind in picked) in (16, 17, 18)  # ~28%, as in the split
     assert _spread([1, 2], 5) == [1, 2] and _spread([1, 2, 3], 1) == [1]
+
+
+def test_gpu_config_loads_and_builds_its_model() -> None:
+    """The GPU-sized config beside the default must parse and name a buildable model (no GPU here)."""
+    from unimask.config import load_config
+    from unimask.presets import model_preset
+
+    cfg = load_config(CompareConfig, Path(__file__).parents[1] / "configs" / "compare" / "gpu.yaml")
+    assert cfg.device == "cuda" and cfg.pretrain_steps > CompareConfig().pretrain_steps
+    model = model_preset(cfg.model_preset, **{"vocab_size": cfg.vocab_size, **cfg.model_overrides})
+    assert model.vocab_size == cfg.vocab_size and model.attn_impl == "flex"
+    assert model.max_seq_len >= cfg.max_context_tokens  # prompt + action fit (the loop keeps both inside it)
