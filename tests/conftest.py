@@ -34,3 +34,17 @@ def tiny_tokenizer(tiny_tokenizer_path: Path):
     from unimask.tokenizer import Tokenizer
 
     return Tokenizer.load(tiny_tokenizer_path)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smear"])
+def any_model(request: pytest.FixtureRequest):
+    """A tiny GQA model, plain and with a (randomised, so not a no-op) previous-token smear:
+    tests of masks and caches run on both."""
+    from unimask.model import Transformer
+    from unimask.presets import model_preset
+
+    torch.manual_seed(0)
+    m = Transformer(model_preset("tiny", n_kv_heads=2, smear=request.param)).eval()
+    if m.smear_gate is not None:
+        torch.nn.init.normal_(m.smear_gate.weight, std=0.3)
+    return m

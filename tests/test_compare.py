@@ -286,6 +286,6 @@ def test_gpu_config_loads_and_builds_its_model() -> None:
 
     cfg = load_config(CompareConfig, Path(__file__).parents[1] / "configs" / "compare" / "gpu.yaml")
     assert cfg.device == "cuda" and cfg.pretrain_steps > CompareConfig().pretrain_steps
-    model = model_preset(cfg.model_preset, **{"vocab_size": cfg.vocab_size, **cfg.model_overrides})
+    model = model_preset(cfg.model_preset, **cfg.model_settings())
     assert model.vocab_size == cfg.vocab_size and model.attn_impl == "flex"
     assert model.max_seq_len >= cfg.max_context_tokens  # prompt + action fit (the loop keeps both inside it)

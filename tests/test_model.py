@@ -20,16 +20,6 @@ def model() -> Transformer:
     return Transformer(model_preset("tiny", n_kv_heads=2)).eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smear"])
-def any_model(request) -> Transformer:
-    """The plain model and one with a (randomised, so not a no-op) previous-token smear."""
-    torch.manual_seed(0)
-    m = Transformer(model_preset("tiny", n_kv_heads=2, smear=request.param)).eval()
-    if m.smear_gate is not None:
-        torch.nn.init.normal_(m.smear_gate.weight, std=0.3)
-    return m
-
-
 def _logits(model: Transformer, ids: torch.Tensor, s: AttentionStructure) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, s)

@@ -18,16 +18,6 @@ def model() -> Transformer:
     return Transformer(model_preset("tiny")).eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "smear"])
-def any_model(request) -> Transformer:
-    """The plain model and a smear model (predecessor embeddings must follow padding and caches)."""
-    torch.manual_seed(0)
-    m = Transformer(model_preset("tiny", smear=request.param)).eval()
-    if m.smear_gate is not None:
-        torch.nn.init.normal_(m.smear_gate.weight, std=0.3)
-    return m
-
-
 def reference_greedy(model, ids: list[int], n: int) -> list[int]:
     """Greedy decoding by full re-forward every step (no cache, no padding)."""
     x = torch.tensor([ids])

@@ -211,17 +211,12 @@ def _seed_mapping_default(cls: Any, data: dict[str, Any], path: list[str]) -> No
         return
     tp = _field_types(cls)[field.name]
     if dataclasses.is_dataclass(tp):
-        node = data.get(field.name)
-        if isinstance(node, dict):
+        node = data.setdefault(field.name, {})
+        if isinstance(node, dict):  # anything else is reported by the type check later
             _seed_mapping_default(tp, node, path[1:])
-        elif node is None:
-            data[field.name] = {}
-            _seed_mapping_default(tp, data[field.name], path[1:])
     elif typing.get_origin(tp) in (dict, Mapping) and field.name not in data:
         if field.default_factory is not dataclasses.MISSING:
             data[field.name] = copy.deepcopy(field.default_factory())
-        elif isinstance(field.default, Mapping):
-            data[field.name] = copy.deepcopy(dict(field.default))
 
 
 def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,10 @@ class CompareConfig:
         if self.test_tasks < 1 or self.settings_tasks < 0:
             raise ValueError("test_tasks must be >= 1 and settings_tasks >= 0")
 
+    def model_settings(self) -> dict[str, Any]:
+        """The preset's overrides both arms train with (the vocabulary is the prepared tokenizer's)."""
+        return {"vocab_size": self.vocab_size, **self.model_overrides}
+
 
 def _stage(name: str, marker: Path) -> bool:
     """True if the stage must run; prints what is skipped."""
@@ -86,7 +90,7 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
     from unimask.train.trainer import train
 
     tc = from_dict(TrainConfig, {
-        "model": {"preset": cfg.model_preset, "overrides": {"vocab_size": cfg.vocab_size, **cfg.model_overrides}},
+        "model": {"preset": cfg.model_preset, "overrides": cfg.model_settings()},
         "data": data,
         "objectives": objectives,
         "optim": {"lr": lr, "min_lr": lr / 10, "warmup_steps": max(1, steps // 20), "weight_decay": 0.0},
@@ -225,7 +229,7 @@ def run_compare(cfg: CompareConfig) -> Path:
             for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
     from unimask.presets import model_preset
 
-    seq = model_preset(cfg.model_preset, **{"vocab_size": cfg.vocab_size, **cfg.model_overrides}).max_seq_len
+    seq = model_preset(cfg.model_preset, **cfg.model_settings()).max_seq_len
     fit = seq * 2 // 5  # an aligned DLLM example is clean + noised copy + padded blocks: up to 2.5x the trajectory
     max_len = min(max(lens) + 32, fit)
     if max(lens) > fit:
