@@ -18,7 +18,7 @@ from unimask.presets import model_preset
 from unimask.tokenizer.chat import Turn, render_turns
 
 GOLDEN = Path(__file__).parent / "golden" / "objectives.json"
-SHIFTED = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "agent_sft_ar"}
+SHIFTED = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "copy", "agent_sft_ar"}
 TRAJECTORY = {"agent_sft_ar", "agent_sft_diffusion"}
 
 
@@ -68,6 +68,8 @@ CASES = [(n, {}) for n in objective_names()] + [
     ("masked_diffusion", {}),
     ("agent_sft_ar", {"context_weight": 0.5}),
     ("agent_sft_diffusion", {"context_weight": 0.5}),
+    ("copy", {"repeats": 2, "min_span": 4, "max_span": 8}),
+    ("copy_diffusion", {"repeats": 2, "min_span": 4, "max_span": 8, "block_size": 4}),
 ]
 
 
@@ -87,7 +89,8 @@ def test_no_target_visible_to_its_predictor(model, tiny_tokenizer, name, params)
     g = torch.Generator().manual_seed(0)
     for i in scored[:: max(1, len(scored) // 4)]:
         # block diffusion's optional AR loss scores clean tokens with next-token targets
-        shifted = name in SHIFTED or (name in ("block_diffusion", "agent_sft_diffusion") and not bool(ex.noisy[i]))
+        shifted = name in SHIFTED or (name in ("block_diffusion", "agent_sft_diffusion", "copy_diffusion")
+                                       and not bool(ex.noisy[i]))
         if not shifted:
             assert ex.input_ids[i] == tok.mask_id, "a diffusion target must be masked in the input"
         first = ex.position_ids[i] + (1 if shifted else 0)

@@ -343,6 +343,59 @@ def to_training_record(record: dict[str, Any]) -> dict[str, Any]:
             "hops": record["meta"]["hops"], "module": record["meta"]["module"], "turns": record["turns"]}
 
 
+_IDENT_PIECE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def _made_up(original: str, pool: Sequence[str], rng: np.random.Generator) -> str:
+    """An identifier in the style of ``original`` (snake, Camel, dotted) glued from pieces of ``pool``."""
+    parts = []
+    for part in original.split("."):
+        n = max(1, min(3, len(_IDENT_PIECE.findall(part))))
+        pieces = [pool[int(rng.integers(len(pool)))] for _ in range(n)]
+        if part[:1].isupper():
+            parts.append("".join(p.capitalize() for p in pieces))
+        elif "_" in part.strip("_"):
+            parts.append("_".join(p.lower() for p in pieces))
+        else:
+            parts.append("".join(p.lower() for p in pieces))
+        parts[-1] = "_" * (len(part) - len(part.lstrip("_"))) + parts[-1]
+    return ".".join(parts)
+
+
+def name_pieces(env: DocQAEnvironment) -> list[str]:
+    """Word pieces of the corpus's names (``ABCMeta`` -> ``ABC``, ``Meta``): the stuff of made-up names."""
+    found = {p for d in env.docs for p in _IDENT_PIECE.findall(d["id"]) if len(p) >= 2 and p.isalpha()}
+    return sorted(found)
+
+
+def swap_names(record: dict[str, Any], pool: Sequence[str], rng: np.random.Generator) -> dict[str, Any]:
+    """The same episode with the task's names (module, and the function or class) made up.
+
+    Every occurrence in the question, the actions, the observations and the answer is replaced
+    consistently, so the trajectory still reads correctly but nothing about the names can be
+    memorised: SFT on such copies rewards copying over recall.
+    """
+    meta = record["meta"]
+    module = meta["module"]
+    leaf = meta["doc_id"][len(module) + 1 :] if meta["doc_id"].startswith(module + ".") else ""
+    names = {module: _made_up(module, pool, rng)}
+    if leaf:
+        names[leaf] = _made_up(leaf, pool, rng)
+    pattern = re.compile("|".join(rf"(?<![\w]){re.escape(k)}(?![\w])" for k in sorted(names, key=len, reverse=True)))
+
+    def sub(text: str) -> str:
+        return pattern.sub(lambda m: names[m.group(0)], text)
+
+    out = json.loads(json.dumps(record))
+    for t in out["turns"]:
+        t["content"] = sub(t["content"])
+    for k in ("question", "answer", "prediction"):
+        if isinstance(out.get(k), str):
+            out[k] = sub(out[k])
+    out["task_id"] = f"{record['task_id']}-swap"
+    return out
+
+
 def write_trajectories(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     """Write the oracle's episodes as JSONL (atomically); returns the path."""
     from unimask.io import atomic_write_text

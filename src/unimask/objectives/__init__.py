@@ -2,7 +2,8 @@
 
 ``build_objective(name, tokenizer, **params)`` is the registry the trainer and the CLI use.
 Objectives that read packed windows: causal, prefix_lm, span_corruption, codegen2_infill,
-codegen2 (CodeGen2's final 50/50 causal|infill recipe), fim, masked_diffusion, block_diffusion.
+codegen2 (CodeGen2's final 50/50 causal|infill recipe), fim, copy, masked_diffusion, block_diffusion,
+copy_diffusion.
 Objectives that read agent trajectories: agent_sft_ar, agent_sft_diffusion.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from unimask.objectives.agent_sft import AgentSFTAR, AgentSFTDiffusion
 from unimask.objectives.causal import CausalLM, PrefixLM
+from unimask.objectives.copy import CopySpans, CopySpansDiffusion
 from unimask.objectives.diffusion import BlockDiffusion, MaskedDiffusion
 from unimask.objectives.example import IGNORE, Batch, TrainingExample, collate, example_loss
 from unimask.objectives.fim import FIM
@@ -55,6 +57,8 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "codegen2_infill": lambda tok, **p: CodeGen2Infill(tok, **p),
     "codegen2": _codegen2,
     "fim": lambda tok, **p: FIM(tok, **p),
+    "copy": lambda tok, **p: CopySpans(**p),
+    "copy_diffusion": lambda tok, **p: CopySpansDiffusion(tok, **p),
     "masked_diffusion": lambda tok, **p: MaskedDiffusion(tok, **p),
     "block_diffusion": lambda tok, **p: BlockDiffusion(tok, **p),
     "agent_sft_ar": lambda tok, **p: AgentSFTAR(**p),
@@ -84,5 +88,5 @@ def build_objective(name: str, tokenizer: Any, **params: Any) -> Any:
 __all__ = [
     "IGNORE", "Batch", "Choice", "TrainingExample", "collate", "example_loss", "build_objective",
     "objective_names", "TRAJECTORY_OBJECTIVES", "CausalLM", "PrefixLM", "SpanCorruption", "CodeGen2Infill",
-    "FIM", "MaskedDiffusion", "BlockDiffusion", "AgentSFTAR", "AgentSFTDiffusion",
+    "FIM", "CopySpans", "CopySpansDiffusion", "MaskedDiffusion", "BlockDiffusion", "AgentSFTAR", "AgentSFTDiffusion",
 ]

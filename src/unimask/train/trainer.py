@@ -14,6 +14,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,11 @@ from unimask.train.distributed import (
 from unimask.train.metrics import MetricsLogger
 from unimask.train.optim import build_optimizer, lr_at
 
-AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "agent_sft_ar"}
+# A probe run at every evaluation beside the validation loss (e.g. the induction metric):
+# model -> {metric name: value}; every rank calls it, so it may use collectives.
+EvalHook = Callable[[torch.nn.Module], dict[str, float]]
+
+AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "copy", "agent_sft_ar"}
 
 
 def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> dict[str, Any]:
@@ -49,7 +54,7 @@ def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> di
     names = {o.name for o in active}
     if names <= AR_OBJECTIVES:
         return {"backbone": "ar"}
-    block = [o for o in active if o.name in ("block_diffusion", "agent_sft_diffusion")]
+    block = [o for o in active if o.name in ("block_diffusion", "agent_sft_diffusion", "copy_diffusion")]
     masked = [o for o in active if o.name == "masked_diffusion"]
     if block and masked:
         raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
@@ -137,8 +142,10 @@ class Trainer:
         train_source: Any = None,
         val_raws: list[Any] | None = None,
         val_objectives: dict[str, ObjectiveFn] | None = None,
+        eval_hooks: Sequence[EvalHook] = (),
     ) -> None:
         self.cfg = cfg
+        self.eval_hooks = list(eval_hooks)
         self.info, self.device = init_distributed(cfg.device)
         self.amp_dtype = amp_dtype_for(cfg, self.device)
         self.out_dir = Path(cfg.out_dir)
@@ -337,6 +344,12 @@ class Trainer:
         return loss.detach(), tokens
 
     def evaluate(self) -> dict[str, float]:
+        out = self._validation_loss()
+        for hook in self.eval_hooks:
+            out.update(hook(self.raw_model))
+        return out
+
+    def _validation_loss(self) -> dict[str, float]:
         raws = self._val_raws()
         if not raws:
             if self.info.is_main and not getattr(self, "_warned_no_val", False):
