@@ -138,7 +138,7 @@ def tiny_config(out_dir: Path) -> CompareConfig:
         model_preset="tiny",
         # the aligned DLLM SFT objective needs 2.5x the trajectory length (~700 tokens at this vocab)
         model_overrides={"max_seq_len": 2048},
-        pretrain_steps=2, pretrain_seq_len=64, pretrain_batch=2,
+        pretrain_steps=2, pretrain_seq_len=64, pretrain_batch=2, adapt_steps=2, induction_probes=4,
         train_trajectories=20, sft_steps=2, sft_batch=2,
         test_tasks=2, settings_tasks=1, max_rounds=2, max_new_tokens=8, max_context_tokens=256,
         device="cpu",
@@ -183,6 +183,20 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["main"]) == set(MAIN) and all(s["tasks"] == 2 for s in summary["main"].values())
     assert len(summary["sweep"]) == 10 and summary["speedup"]["tasks"] == 2
+    for s in summary["main"].values():
+        assert 0 <= s["em_lo"] <= s["em"] <= s["em_hi"] <= 1
+    bases = summary["bases"]
+    assert bases["recipe"] == "DLLM adapted from the AR base"
+    assert {"ar_copy_acc", "ar_loss_drop"} <= set(bases["ar"]) and "diffusion_copy_acc" in bases["dllm"]
+    assert "## The bases and their induction metric" in text
+    # one shared base: the DLLM was continued from the AR base's final checkpoint
+    dllm_cfg = json.loads((finals["pretrain_dllm"] / "config.json").read_text())
+    assert dllm_cfg["extra"]["init_from"] == str(finals["pretrain_ar"])
+    assert dllm_cfg["extra"]["backbone"] == "block_diffusion"
+    val = [json.loads(x) for x in (finals["pretrain_dllm"].parent / "metrics.jsonl").read_text().splitlines()]
+    assert any("induction/diffusion_copy_acc" in r for r in val if r["kind"] == "val")  # logged while training
+    train_lines = (out / "trajectories" / "train.jsonl").read_text().splitlines()
+    assert sum(json.loads(x)["task_id"].endswith("-swap") for x in train_lines) * 2 == len(train_lines)
 
     # a rerun of the same command retrains nothing and reruns no agent
     first = log.getvalue()
@@ -221,7 +235,7 @@ def _fake_train(monkeypatch: pytest.MonkeyPatch, out: Path, **result: Any) -> li
         (ckpt / "config.json").write_text("{}")
         return trainer.TrainResult(step=1, out_dir=out, checkpoint=result.pop("checkpoint", ckpt), **result)
 
-    monkeypatch.setattr(trainer, "train", fake)
+    monkeypatch.setattr(compare, "train", fake)
     return seen
 
 

@@ -3,28 +3,41 @@
 Stages, each skipped when its output already exists (so an interrupted run resumes):
 
 1. prepare the corpus (stdlib code + docs) and tokenizer;
-2. pre-train an AR model (causal LM) and a DLLM (context-causal block diffusion) of the same
-   shape on the same corpus for the same number of steps and sequences (or start from given
-   checkpoints);
-3. build DocQA and write oracle trajectories (train/val) through the real tools;
-4. fine-tune both on the *same* trajectories with the multi-turn SFT objective: AR causal on
+2. pre-train one AR base on causal LM mixed with repeated corpus spans (``copy``), so that it
+   learns to copy (induction) -- the skill every tool call needs;
+3. adapt that same base to context-causal block diffusion by continued training (as Dream and
+   DiffuLLaMA do, and as the DLLM Agent paper's diffusion backbone was continued from its AR
+   model), again with noised repeats (``copy_diffusion``); ``dllm_from_ar=False`` pre-trains the
+   DLLM from scratch instead, for the same steps as the AR base. Given checkpoints skip both;
+4. build DocQA and write oracle trajectories (train/val) through the real tools, each train
+   trajectory also with its names made up (``name_swaps``), so SFT rewards copying over recall;
+5. fine-tune both on the *same* trajectories with the multi-turn SFT objective: AR causal on
    actions; DLLM with aligned masks; plus the unaligned-mask DLLM ablation;
-5. run every agent on the same test tasks with the same tools, round cap and budgets, and the
-   DLLM under several decoding settings;
-6. write ``report.md`` with tables, plots and the raw episode logs.
+6. run every agent on the same test tasks (the whole split by default) with the same tools,
+   round cap and budgets, and the DLLM under several decoding settings;
+7. write ``report.md`` and ``summary.json`` with tables, CIs, plots, the induction metric of each
+   base and the raw episode logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unimask.cli_utils import console
-from unimask.io import atomic_write_text
+from unimask.config import from_dict
+from unimask.evals.induction import copy_probes, induction_hook
+from unimask.io import atomic_dir, atomic_write_text
+from unimask.train import TrainConfig
+from unimask.train.trainer import EvalHook, train
 
 
 @dataclass
@@ -33,27 +46,37 @@ class CompareConfig:
     seed: int = 0
     # corpus and models
     max_docs: int = 300  # per corpus source
-    vocab_size: int = 4096
+    vocab_size: int = 1024  # a small vocabulary: cheaper steps, and copying forms sooner (BENCHMARKS.md)
     model_preset: str = "small"
-    model_overrides: dict[str, Any] = field(default_factory=lambda: {"max_seq_len": 1024})
+    # smear: a projected previous-token embedding, which makes copying a one-layer circuit
+    model_overrides: dict[str, Any] = field(default_factory=lambda: {"max_seq_len": 1024, "smear": True})
     ar_init: str = ""  # start from these checkpoints instead of pre-training
     dllm_init: str = ""
-    pretrain_steps: int = 100
+    pretrain_steps: int = 800
     pretrain_seq_len: int = 256
     pretrain_batch: int = 16
+    copy_weight: float = 0.8  # share of AR pre-training examples that repeat corpus spans
+    adapt_copy_weight: float = 0.3  # the same share during AR-to-diffusion adaptation
+    copy_repeats: int = 4  # repeated spans per copy example (one per equal chunk of the window)
+    dllm_from_ar: bool = True  # the DLLM is the AR base adapted to diffusion (False: its own pre-training)
+    adapt_steps: int = 200  # AR-to-diffusion adaptation steps (dllm_from_ar)
+    adapt_lr: float = 1e-3
     block_size: int = 8
+    induction_probes: int = 64  # held-out repeated spans scored for every base
     # agent data and fine-tuning
     task_types: list[str] = field(default_factory=lambda: ["module", "default"])
     recovery_rate: float = 0.1
     train_trajectories: int = 2000
-    sft_steps: int = 800
+    name_swaps: int = 1  # made-up-name copies of every train trajectory
+    sft_steps: int = 600
     sft_batch: int = 8
     sft_lr: float = 2e-3
     sft_context_weight: float = 0.0  # LM loss on context tokens for every arm (agent_sft context_weight)
     pretrain_lr: float = 1e-3
-    ablation_sft_steps: int = 0  # 0 = same as sft_steps
+    ablation_sft_steps: int = 300  # 0 = same as sft_steps
     # evaluation
-    test_tasks: int = 60
+    test_tasks: int = 0  # 0 = the whole test split
+    ablation_tasks: int = 100  # the unaligned ablation's share of them (spread over the split; 0 = all)
     settings_tasks: int = 20  # tasks for the decoding-settings sweep
     max_rounds: int = 15
     max_new_tokens: int = 64
@@ -66,12 +89,28 @@ class CompareConfig:
     eval_threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.test_tasks < 1 or self.settings_tasks < 0:
-            raise ValueError("test_tasks must be >= 1 and settings_tasks >= 0")
+        if self.test_tasks < 0 or self.settings_tasks < 0:
+            raise ValueError("test_tasks (0 = whole split) and settings_tasks must be >= 0")
+        for name in ("copy_weight", "adapt_copy_weight"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def model_settings(self) -> dict[str, Any]:
         """The preset's overrides both arms train with (the vocabulary is the prepared tokenizer's)."""
         return {"vocab_size": self.vocab_size, **self.model_overrides}
+
+    def base_objectives(self, paradigm: str) -> list[dict[str, Any]]:
+        """The pre-training (``"ar"``) or adaptation (``"dllm"``) mixture: LM plus repeated spans."""
+        chunk = self.pretrain_seq_len // self.copy_repeats
+        copy = {"repeats": self.copy_repeats, "min_span": 4, "max_span": max(4, min(24, (chunk - 1) // 2))}
+        if paradigm == "ar":  # LM comes from the causal examples; copy examples score the copies alone
+            lm, rep = {"name": "causal"}, {"name": "copy", "params": {**copy, "lm_weight": 0.0}}
+        else:
+            lm = {"name": "block_diffusion", "params": {"block_size": self.block_size, "clean_attention": "causal",
+                                                        "ar_weight": 0.5}}
+            rep = {"name": "copy_diffusion", "params": {"block_size": self.block_size, **copy}}
+        w = self.copy_weight if paradigm == "ar" else self.adapt_copy_weight
+        return [{**lm, "weight": 1 - w}, {**rep, "weight": w}]
 
 
 def _stage(name: str, marker: Path) -> bool:
@@ -84,10 +123,9 @@ def _stage(name: str, marker: Path) -> bool:
 
 
 def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, data: dict[str, Any],
-           steps: int, batch: int, lr: float, init_from: str = "") -> Path:
-    from unimask.config import from_dict
-    from unimask.train import TrainConfig
-    from unimask.train.trainer import train
+           steps: int, batch: int, lr: float, init_from: str = "", eval_hooks: Sequence[EvalHook] = (),
+           evals: int = 1) -> Path:
+    """One training stage; its last checkpoint becomes ``out/final`` (atomically)."""
 
     tc = from_dict(TrainConfig, {
         "model": {"preset": cfg.model_preset, "overrides": cfg.model_settings()},
@@ -96,7 +134,7 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
         "optim": {"lr": lr, "min_lr": lr / 10, "warmup_steps": max(1, steps // 20), "weight_decay": 0.0},
         "micro_batch_size": batch,
         "steps": steps,
-        "eval_interval": 0 if steps < 1 else steps,
+        "eval_interval": 0 if steps < 1 else max(1, steps // evals),
         "eval_batches": 2,
         "checkpoint_interval": steps,
         "keep_last_k": 1,
@@ -107,20 +145,15 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
         "device": cfg.device,
         "tensorboard": False,
     })
-    result = train(tc)
+    result = train(tc, eval_hooks=eval_hooks)
     if result.interrupted:  # SIGTERM/Ctrl-C: a partial run must not become a stage's "final" model
         console.print(f"[yellow]interrupted; {out} is checkpointed: rerun the same command to resume[/]")
         raise SystemExit(130)
     if result.checkpoint is None:
         raise RuntimeError(f"training in {out} produced no checkpoint")
-    import shutil
-
-    final, tmp = out / "final", out / "final.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result.checkpoint, tmp)  # a crash mid-copy must not leave a "final" that reruns reuse
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    final = out / "final"
+    with atomic_dir(final) as tmp:  # a crash mid-copy must not leave a "final" that reruns reuse
+        shutil.copytree(result.checkpoint, tmp, dirs_exist_ok=True)
     return final
 
 
@@ -166,10 +199,30 @@ def _check_same_config(path: Path, cfg: CompareConfig) -> None:
     atomic_write_text(path, json.dumps(new, indent=2))
 
 
+def _base_induction(path: Path, bases: dict[str, Path], hooks: dict[str, list[EvalHook]]) -> dict[str, Any]:
+    """The induction metric of every base (``induction.json``, computed once per run)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    from unimask.model import load_checkpoint
+
+    found = {}
+    for name, ckpt in bases.items():
+        model, _, _ = load_checkpoint(ckpt)
+        found[name] = {k.removeprefix("induction/"): v for hook in hooks[name] for k, v in hook(model).items()}
+    atomic_write_text(path, json.dumps(found, indent=2))
+    return found
+
+
 def run_compare(cfg: CompareConfig) -> Path:
     from unimask.agent.loop import LoopConfig, run_episodes
     from unimask.data import DataConfig, prepare_data
-    from unimask.envs.docqa import DocQAEnvironment, oracle_trajectories, trivial_baseline
+    from unimask.envs.docqa import (
+        DocQAEnvironment,
+        name_pieces,
+        oracle_trajectories,
+        swap_names,
+        trivial_baseline,
+    )
     from unimask.experiments.report import write_report
     from unimask.sampling import load_backbone
     from unimask.tokenizer import Tokenizer
@@ -183,33 +236,39 @@ def run_compare(cfg: CompareConfig) -> Path:
     t = time.perf_counter()
     data_dir = out / "data"
     if _stage("prepare corpus and tokenizer", data_dir / "meta.json"):
-        from unimask.config import from_dict
-
         dc = from_dict(DataConfig, {"out_dir": str(data_dir), "max_docs": cfg.max_docs, "seed": cfg.seed,
                                     "tokenizer": {"vocab_size": cfg.vocab_size}})
         prepare_data(dc)
         times.record("prepare", t)
     tokenizer = Tokenizer.load(data_dir)
 
-    # 2. matched pre-training
+    # 2. one AR base (causal LM + copying); 3. the DLLM adapted from it (or pre-trained alone)
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
-    pre = {}
-    for name, objective, init in (
-        ("ar", [{"name": "causal"}], cfg.ar_init),
-        ("dllm", [{"name": "block_diffusion", "params": {"block_size": cfg.block_size, "clean_attention": "causal",
-                                                          "ar_weight": 0.5}}], cfg.dllm_init),
-    ):
+    probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
+    dllm_decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold}
+    hooks = {"ar": [induction_hook(probes)], "dllm": [induction_hook(probes, dllm_decoding, tokenizer)]}
+    adapt = cfg.dllm_from_ar and not cfg.dllm_init
+    pre: dict[str, Path] = {}
+    for name in ("ar", "dllm"):
         t = time.perf_counter()
-        if init:
-            pre[name] = Path(init)
+        given = cfg.ar_init if name == "ar" else cfg.dllm_init
+        if given:
+            pre[name] = Path(given)
             continue
+        from_ar = name == "dllm" and adapt
+        steps = cfg.adapt_steps if from_ar else cfg.pretrain_steps
+        what = (f"adapt the AR base to block diffusion ({steps} steps)" if from_ar else
+                f"pre-train {name.upper()} ({steps} steps x {cfg.pretrain_batch} x {cfg.pretrain_seq_len} tokens)")
         final = out / f"pretrain_{name}" / "final"
-        if _stage(f"pre-train {name.upper()} ({cfg.pretrain_steps} steps x {cfg.pretrain_batch} x "
-                  f"{cfg.pretrain_seq_len} tokens)", final / "config.json"):
-            _train(cfg, out / f"pretrain_{name}", objective, data=packed, steps=cfg.pretrain_steps,
-                   batch=cfg.pretrain_batch, lr=cfg.pretrain_lr)
+        if _stage(what, final / "config.json"):
+            _train(cfg, out / f"pretrain_{name}", cfg.base_objectives(name), data=packed, steps=steps,
+                   batch=cfg.pretrain_batch, lr=cfg.adapt_lr if from_ar else cfg.pretrain_lr,
+                   init_from=str(pre["ar"]) if from_ar else "", eval_hooks=hooks[name], evals=4)
             times.record(f"pretrain_{name}", t)
         pre[name] = final
+    induction = _base_induction(out / "induction.json", pre, hooks)
+    recipe = ("given checkpoints" if cfg.ar_init and cfg.dllm_init else
+              "DLLM adapted from the AR base" if adapt else "AR and DLLM pre-trained separately")
 
     # 3. environment + oracle trajectories
     t = time.perf_counter()
@@ -217,10 +276,13 @@ def run_compare(cfg: CompareConfig) -> Path:
     traj_dir = out / "trajectories"
     if _stage("oracle trajectories through the real tools", traj_dir / "val.jsonl"):
         traj_dir.mkdir(exist_ok=True)
+        pool, rng = name_pieces(env), np.random.default_rng(cfg.seed)
         for split, limit in (("train", cfg.train_trajectories), ("val", 100)):
             recs = oracle_trajectories(env, split, tokenizer, cfg.recovery_rate, cfg.seed, limit)
             good = [r for r in recs if r["em"] == 1.0]
             console.print(f"  {split}: {len(good)}/{len(recs)} oracle episodes correct")
+            if split == "train":
+                good += [swap_names(r, pool, rng) for _ in range(cfg.name_swaps) for r in good]
             atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
         times.record("trajectories", t)
 
@@ -257,7 +319,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         sft[arm] = run_dir / "final"
 
     # 5. agents on the same test tasks
-    tasks = _spread(env.tasks("test"), cfg.test_tasks)
+    tasks = _spread(env.tasks("test"), cfg.test_tasks or len(env.tasks("test")))
     loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
                       max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
     free = dataclasses.replace(loop, constrained=not cfg.constrained)
@@ -267,7 +329,8 @@ def run_compare(cfg: CompareConfig) -> Path:
     runs: dict[str, dict[str, Any]] = {
         "AR": {"ckpt": sft["AR"], "decoding": {}, "tasks": tasks, "loop": loop},
         "DLLM": {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
-        "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
+        "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default,
+                           "tasks": _spread(tasks, cfg.ablation_tasks or len(tasks)), "loop": loop},
     }
     sweep = _spread(tasks, cfg.settings_tasks)
     for label, ckpt, dec, lp in (
@@ -306,6 +369,6 @@ def run_compare(cfg: CompareConfig) -> Path:
         tmp.replace(path)
         times.record(f"agents: {label}", t)
     baseline = {**trivial_baseline(env, "test", tasks), "split": trivial_baseline(env, "test")}
-    report = write_report(out, episodes, baseline, cfg, times.summary())
+    report = write_report(out, episodes, baseline, cfg, times.summary(), {"recipe": recipe, **induction})
     console.print(f"[bold green]report:[/] {report}")
     return report

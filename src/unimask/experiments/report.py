@@ -29,6 +29,16 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
+def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (seeded, so reports are stable)."""
+    if not values:
+        return float("nan"), float("nan")
+    x = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    lo, hi = np.percentile(x[idx].mean(1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
     """Accuracy, interaction counts, failure rates and cost of one system's episodes."""
     n = len(episodes)
@@ -39,9 +49,12 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
     # Running out of context/token budget ends an episode without an action: not an invalid call.
     out_of_budget = failures.pop(Failure.BUDGET_EXCEEDED.value, 0)
     correct = [e for e in episodes if e["em"] >= 1.0]
+    em_lo, em_hi = mean_ci([e["em"] for e in episodes])
     return {
         "tasks": n,
         "em": _mean([e["em"] for e in episodes]),
+        "em_lo": em_lo,
+        "em_hi": em_hi,
         "f1": _mean([e["f1"] for e in episodes]),
         "rounds_mean": _mean([e["rounds"] for e in episodes]),
         "rounds_median": _median([e["rounds"] for e in episodes]),
@@ -141,7 +154,10 @@ def _fmt(x: Any, pct: bool = False) -> str:
 def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table: one column per system."""
     rows = [
+        ("tasks", "tasks", False),
         ("exact match (%)", "em", True),
+        ("  95% CI, low (%)", "em_lo", True),
+        ("  95% CI, high (%)", "em_hi", True),
         ("token F1 (%)", "f1", True),
         ("rounds, mean", "rounds_mean", False),
         ("rounds, median", "rounds_median", False),
@@ -190,8 +206,24 @@ def _breakdown_table(systems: Mapping[str, Sequence[Episode]],
     return "\n".join(out)
 
 
+def _bases_section(bases: Mapping[str, Any]) -> list[str]:
+    """How the two bases were made and the induction metric of each."""
+    lines = ["## The bases and their induction metric", "", f"Recipe: **{bases.get('recipe', 'unknown')}**.", ""]
+    metrics = {k: v for k, v in bases.items() if isinstance(v, Mapping)}
+    if metrics:
+        keys = sorted({m for v in metrics.values() for m in v})
+        lines += ["| metric | " + " | ".join(f"{k.upper()} base" for k in metrics) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        lines += [f"| {m} | " + " | ".join(_fmt(metrics[k].get(m, float("nan"))) for k in metrics) + " |"
+                  for m in keys]
+        lines += ["", "`ar_*`: teacher-forced next-token copy of held-out repeated spans (tokens 2..n) and the loss "
+                  "on those tokens at their first and second occurrence; `diffusion_*`: the repeat after its first "
+                  "token masked and decoded with the agent's block-diffusion settings.", ""]
+    return lines
+
+
 def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline: Mapping[str, Any],
-                 cfg: Any, timings: Mapping[str, float]) -> Path:
+                 cfg: Any, timings: Mapping[str, float], bases: Mapping[str, Any] | None = None) -> Path:
     """``out/report.md`` plus PNG plots, from the episode records of every run."""
     import dataclasses
     import json
@@ -233,6 +265,7 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
             f"Accuracy gap (AR - DLLM): {100 * (ar['em'] - dl['em']):+.1f} EM points.",
             "",
         ]
+    lines += _bases_section(bases or {})
     lines += [
         "![latency](latency.png)",
         "",
@@ -268,5 +301,5 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "summary.json", json.dumps(
         {"main": summaries, "sweep": sweep_summaries, "speedup": speed, "baseline": dict(baseline),
-         "timings": dict(timings)}, indent=2, default=str))
+         "bases": dict(bases or {}), "timings": dict(timings)}, indent=2, default=str))
     return path

@@ -184,6 +184,10 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.smear_gate = nn.Linear(cfg.d_model, 1) if cfg.smear else None
+        # The predecessor enters through its own projection: added raw, it would share the token's
+        # own embedding subspace and attention could not tell "I am A" from "I follow A" (measured:
+        # no faster copying than no smear; projected, the copy probe learns ~10x faster).
+        self.smear_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False) if cfg.smear else None
         self.activation_checkpointing = False
         self.reset_parameters()
 
@@ -221,7 +225,7 @@ class Transformer(nn.Module):
             ids = input_ids if cache is None or start == 0 else torch.cat([cache.ids[:, :start], input_ids], 1)
             index, found = structure.predecessors(start)
             prev = self.embed(torch.gather(ids, 1, index)) * found.unsqueeze(-1).to(x.dtype)
-        return x + torch.sigmoid(self.smear_gate(x)) * prev
+        return x + torch.sigmoid(self.smear_gate(x)) * self.smear_proj(prev)
 
     # ------------------------------------------------------------------ attention plumbing
     def _structure(self, B: int, T: int, attention: AttentionStructure | None, cache: KVCache | None,
