@@ -32,7 +32,7 @@ import torch
 
 from unimask.model.attention import AttentionStructure
 from unimask.objectives.base import normalised_weights
-from unimask.objectives.diffusion import noisy_copy_layout, sample_t
+from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, noisy_targets, sample_t
 from unimask.objectives.example import IGNORE, TrainingExample
 from unimask.tokenizer.chat import TurnSequence
 
@@ -113,23 +113,11 @@ class AgentSFTDiffusion:
             weights = masked.float() / t * torch.where(action, 1 / n_action, self.context_weight / n_context)
             att = AttentionStructure.bidirectional(1, len(x0))
             return TrainingExample.from_structure(ids, labels, weights, att, self.name)
-        segments, masks, ts = [], [], []
-        for s, e in action_spans(raw):
-            for b in range(s, e, self.block_size):
-                be = min(b + self.block_size, e)
-                t = sample_t(rng, self.eps)
-                segments.append((b, be))
-                masks.append(torch.from_numpy(rng.random(be - b) < t))
-                ts.append(t)
+        segments, masks, ts = draw_block_noise(action_spans(raw), self.block_size, rng, self.eps)
         doc = torch.zeros(len(x0), dtype=torch.long)
         ids, att, twins = noisy_copy_layout(x0, doc, segments, masks, mask_id, "causal")
         L = len(x0)
-        m = torch.cat(masks)
-        tt = torch.cat([torch.full((e - s,), t) for (s, e), t in zip(segments, ts, strict=True)])
-        labels = torch.full_like(ids, IGNORE)
-        weights = torch.zeros(len(ids))
-        labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
-        weights[L:] = m.float() / (tt * n_action)
+        labels, weights = noisy_targets(x0, ids, twins, segments, masks, ts, n_action)
         if self.context_weight > 0:
             labels[:L], weights[:L] = _context_lm(x0, action, self.context_weight)
         ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)

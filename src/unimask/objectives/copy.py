@@ -31,7 +31,7 @@ from torch import Tensor
 
 from unimask.model.attention import AttentionStructure
 from unimask.objectives.base import Window, continues, next_token_labels, normalised_weights
-from unimask.objectives.diffusion import noisy_copy_layout, sample_t
+from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, noisy_targets
 from unimask.objectives.example import IGNORE, TrainingExample
 
 
@@ -160,23 +160,11 @@ class CopySpansDiffusion:
     def __call__(self, raw: Window, rng: np.random.Generator) -> TrainingExample:
         x0, seg, spans = draw_copies(raw, rng, self.min_span, self.max_span, self.repeats)
         L = len(x0)
-        segments, masks, ts = [], [], []
-        for r in spans:
-            for b in range(r.start + self.anchor, r.stop, self.block_size):
-                e = min(b + self.block_size, r.stop)
-                t = sample_t(rng, self.eps)
-                segments.append((b, e))
-                masks.append(torch.from_numpy(rng.random(e - b) < t))
-                ts.append(t)
-        one_doc = torch.zeros(L, dtype=torch.long)
-        ids, att, twins = noisy_copy_layout(x0, one_doc, segments, masks, self.tokenizer.mask_id, "causal")
-        m = torch.cat(masks)
-        tt = torch.cat([torch.full((e - s,), t) for (s, e), t in zip(segments, ts, strict=True)])
-        n_scored = sum(r.stop - r.start - self.anchor for r in spans)
-        labels = torch.full_like(ids, IGNORE)
-        weights = torch.zeros(len(ids))
-        labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
-        weights[L:] = m.float() / (tt * n_scored)
+        ranges = [(r.start + self.anchor, r.stop) for r in spans]
+        segments, masks, ts = draw_block_noise(ranges, self.block_size, rng, self.eps)
+        ids, att, twins = noisy_copy_layout(x0, torch.zeros(L, dtype=torch.long), segments, masks,
+                                            self.tokenizer.mask_id, "causal")
+        labels, weights = noisy_targets(x0, ids, twins, segments, masks, ts, sum(e - s for s, e in ranges))
         if self.ar_weight > 0:
             ar = next_token_labels(x0, continues(seg))
             labels[:L] = ar

@@ -74,6 +74,35 @@ def noisy_copy_layout(
     return ids, att, torch.cat(twins) if twins else torch.zeros(0, dtype=torch.long)
 
 
+def draw_block_noise(ranges: Sequence[tuple[int, int]], block_size: int, rng: np.random.Generator,
+                     eps: float) -> tuple[list[tuple[int, int]], list[Tensor], list[float]]:
+    """Cut each ``(start, end)`` range into blocks of ``block_size`` from its start; draw one t per
+    block and mask each of its tokens with probability t. Returns (segments, masks, ts)."""
+    segments, masks, ts = [], [], []
+    for start, end in ranges:
+        for s in range(start, end, block_size):
+            e = min(s + block_size, end)
+            t = sample_t(rng, eps)
+            segments.append((s, e))
+            masks.append(torch.from_numpy(rng.random(e - s) < t))
+            ts.append(t)
+    return segments, masks, ts
+
+
+def noisy_targets(x0: Tensor, ids: Tensor, twins: Tensor, segments: Sequence[tuple[int, int]],
+                  masks: Sequence[Tensor], ts: Sequence[float], n: int) -> tuple[Tensor, Tensor]:
+    """Labels and weights over a ``noisy_copy_layout``: each masked noisy token predicts its clean twin
+    with weight ``1 / (t * n)``; the clean half (the first ``len(x0)`` positions) is left unscored."""
+    L = len(x0)
+    m = torch.cat(masks)
+    tt = torch.cat([torch.full((e - s,), t) for (s, e), t in zip(segments, ts, strict=True)])
+    labels = torch.full_like(ids, IGNORE)
+    weights = torch.zeros(len(ids))
+    labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
+    weights[L:] = m.float() / (tt * n)
+    return labels, weights
+
+
 @dataclass
 class MaskedDiffusion:
     """LLaDA pre-training objective over packed windows."""
@@ -123,22 +152,11 @@ class BlockDiffusion:
         x0, doc = raw.tokens.long(), raw.doc_ids.long()
         L = len(x0)
         real = doc >= 0
-        segments, masks, ts = [], [], []
-        for s in range(0, L, self.block_size):
-            e = min(s + self.block_size, L)
-            t = sample_t(rng, self.eps)
-            segments.append((s, e))
-            masks.append(torch.from_numpy(rng.random(e - s) < t) & real[s:e])
-            ts.append(t)
+        segments, masks, ts = draw_block_noise([(0, L)], self.block_size, rng, self.eps)
+        masks = [m & real[s:e] for (s, e), m in zip(segments, masks, strict=True)]
         ids, att, twins = noisy_copy_layout(x0, doc, segments, masks, self.tokenizer.mask_id,
                                             self.clean_attention, self.block_size)
-        n_real = max(int(real.sum()), 1)
-        labels = torch.full_like(ids, IGNORE)
-        weights = torch.zeros(len(ids))
-        m = torch.cat(masks)
-        tt = torch.cat([torch.full((e - s,), t) for (s, e), t in zip(segments, ts, strict=True)])
-        labels[L:] = torch.where(m, x0[twins], torch.full_like(twins, IGNORE))
-        weights[L:] = m.float() / (tt * n_real)
+        labels, weights = noisy_targets(x0, ids, twins, segments, masks, ts, max(int(real.sum()), 1))
         if self.ar_weight > 0:
             ar = next_token_labels(x0, continues(doc))
             labels[:L] = ar
