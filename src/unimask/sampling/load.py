@@ -2,7 +2,8 @@
 
 A unimask checkpoint's ``extra["backbone"]`` (written by the trainer) picks the decoder:
 ``"ar"`` -> AR with KV cache; ``"block_diffusion"`` -> block diffusion with an exact KV cache;
-``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches. A directory with a
+``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches; ``extra["shift"]`` marks a
+shifted (Dream-style) diffusion model. A directory with a
 Hugging Face ``config.json`` and no unimask metadata loads through ``transformers``.
 """
 
@@ -44,5 +45,5 @@ def load_backbone(path: str | Path, device: str | None = None, **decoding_defaul
         mode = "block" if kind == "block_diffusion" else "full"
         block = int(extra.get("block_size", 16))
         return DiffusionBackbone(model, tokenizer, mode=mode, block_length=block, device=device,
-                                 **decoding_defaults)
+                                 shift=bool(extra.get("shift", False)), **decoding_defaults)
     raise ValueError(f"{path}: unknown backbone kind {kind!r} in config.json extra")
