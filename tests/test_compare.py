@@ -139,7 +139,7 @@ def tiny_config(out_dir: Path) -> CompareConfig:
         # the aligned DLLM SFT objective needs 2.5x the trajectory length (~700 tokens at this vocab)
         model_overrides={"max_seq_len": 2048},
         pretrain_steps=2, pretrain_seq_len=64, pretrain_batch=2, adapt_steps=2, induction_probes=4,
-        train_trajectories=20, sft_steps=2, sft_batch=2,
+        train_trajectories=20, sft_steps=2, ablation_sft_steps=2, sft_batch=2,
         test_tasks=2, settings_tasks=1, max_rounds=2, max_new_tokens=8, max_context_tokens=256,
         device="cpu",
         eval_threads=0,  # leave this process's torch thread count alone
@@ -171,7 +171,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     assert (out / "trajectories" / "train.jsonl").read_text().strip()
 
     ep_files = sorted((out / "episodes").glob("*.jsonl"))
-    assert len(ep_files) == 13 and not list((out / "episodes").glob("*.partial"))
+    assert len(ep_files) == 11 and not list((out / "episodes").glob("*.partial"))
     records = {p.stem: [json.loads(x) for x in p.read_text().splitlines()] for p in ep_files}
     for stem, recs in records.items():
         main = stem in ("ar", "dllm", "dllm_unaligned")
@@ -182,7 +182,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     assert all([r["task_id"] for r in recs] == ids[:1] for recs in records.values() if len(recs) == 1)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["main"]) == set(MAIN) and all(s["tasks"] == 2 for s in summary["main"].values())
-    assert len(summary["sweep"]) == 10 and summary["speedup"]["tasks"] == 2
+    assert len(summary["sweep"]) == 8 and summary["speedup"]["tasks"] == 2
     for s in summary["main"].values():
         assert 0 <= s["em_lo"] <= s["em"] <= s["em_hi"] <= 1
     bases = summary["bases"]
@@ -200,7 +200,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
 
     # a rerun of the same command retrains nothing and reruns no agent
     first = log.getvalue()
-    assert first.count("reusing") == 0 and first.count("▶") == 7 + 13
+    assert first.count("reusing") == 0 and first.count("▶") == 7 + 11
     kept = [*(f / "model.safetensors" for f in finals.values()), out / "data" / "meta.json",
             out / "trajectories" / "val.jsonl", *ep_files]
     stamps = {p: p.stat().st_mtime_ns for p in kept}
@@ -210,7 +210,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     stage_times = next(line for line in text.splitlines() if line.startswith("Stage wall times"))
     assert stage_times in report.read_text()  # reused stages report what they cost when they ran
     second = log.getvalue()
-    assert "▶" not in second and second.count("reusing") == 7 + 13, second
+    assert "▶" not in second and second.count("reusing") == 7 + 11, second
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p.stem: [json.loads(x) for x in p.read_text().splitlines()] for p in ep_files} == records
     assert not list(out.glob("*/final.partial"))

@@ -345,10 +345,9 @@ def run_compare(cfg: CompareConfig) -> Path:
         ("DLLM one token/step", sft["DLLM"], {"threshold": None, "steps": None}, loop),
         ("DLLM threshold 0.7", sft["DLLM"], {"threshold": 0.7}, loop),
         ("DLLM threshold 0.5", sft["DLLM"], {"threshold": 0.5}, loop),
-        # the unaligned (bidirectional) DLLM decodes with approximate caches: dual is its default
+        # the unaligned (bidirectional) DLLM decodes with the dual approximate cache; the cache study
+        # (none/prefix/dual) is benchmarks/bench_diffusion_decoding.py, kept out of the timed job
         ("DLLM unaligned (sweep subset)", sft["DLLM unaligned"], dllm_default, loop),
-        ("DLLM unaligned prefix cache", sft["DLLM unaligned"], {**dllm_default, "cache": "prefix"}, loop),
-        ("DLLM unaligned no cache", sft["DLLM unaligned"], {**dllm_default, "cache": "none"}, loop),
     ):
         runs[label] = {"ckpt": ckpt, "decoding": dec, "tasks": sweep, "loop": lp}
     episodes: dict[str, list[dict[str, Any]]] = {}
