@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
 from unimask.agent.env import Environment, Task, exact_match, token_f1
 from unimask.agent.protocol import Failure, parse_action, tool_call_schema
 from unimask.sampling.backbone import Backbone
+from unimask.sampling.constraints import ToolCallConstraint
 from unimask.tokenizer import special as sp
 from unimask.tokenizer.chat import Turn, render_text
 
@@ -99,16 +102,12 @@ def run_episodes(
     by_name = {t.name: t for t in tools}
     constraint = None
     if cfg.constrained:
-        from unimask.sampling.constraints import ToolCallConstraint
-
         constraint = ToolCallConstraint(tool_call_schema(tools))
     system = env.system_prompt()
     records: list[dict[str, Any] | None] = [None] * len(tasks)
     log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
     bar = None
     if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                        TimeRemainingColumn(), transient=True)
         bar.start()

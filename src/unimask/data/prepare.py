@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from tokenizers import Tokenizer as HFTokenizer
 
 from unimask.data.config import DataConfig
 from unimask.data.sources import DataError, SourceCounts, iter_source
@@ -121,8 +124,6 @@ _WORKER_TOK: Any = None
 def _init_worker(tokenizer_json: str) -> None:
     global _WORKER_TOK
     os.environ["RAYON_NUM_THREADS"] = "1"  # one process per core; no nested thread pools
-    from tokenizers import Tokenizer as HFTokenizer
-
     _WORKER_TOK = HFTokenizer.from_str(tokenizer_json)
 
 
@@ -274,9 +275,6 @@ def _load_or_train_tokenizer(cfg: DataConfig, train_docs: Sequence[_Doc], log: A
 
 def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     """Build the data directory ``cfg.out_dir`` from ``cfg``; returns its path."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
     console = Console(stderr=True, quiet=not progress)
     out = Path(cfg.out_dir).expanduser()
     _check_out_dir(out)

@@ -35,9 +35,12 @@ from typing import Any
 import numpy as np
 
 from unimask.agent.env import Task, exact_match, token_f1
+from unimask.agent.loop import LoopConfig, run_episodes
+from unimask.agent.policy import ScriptedPolicy
 from unimask.agent.protocol import format_action, system_prompt
 from unimask.agent.tools import BM25Index, Tool, answer_tool, open_tool, search_tool
 from unimask.envs.corpus import load_corpus
+from unimask.io import atomic_write_text
 from unimask.tokenizer.chat import Turn
 
 TASK_TYPES = ("module", "summary", "default", "summary_default", "mention_default")
@@ -289,9 +292,6 @@ class ByteTokenizer:
 def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any = None, recovery_rate: float = 0.1,
                         seed: int = 0, limit: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Run the oracle through the real tools; returns the agent loop's episode records."""
-    from unimask.agent.loop import LoopConfig, run_episodes
-    from unimask.agent.policy import ScriptedPolicy
-
     tasks = env.tasks(split)[: limit or None]
     by_question = {t.question: t for t in tasks}
     rng = np.random.default_rng(seed)
@@ -398,8 +398,6 @@ def swap_names(record: dict[str, Any], pool: Sequence[str], rng: np.random.Gener
 
 def write_trajectories(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     """Write the oracle's episodes as JSONL (atomically); returns the path."""
-    from unimask.io import atomic_write_text
-
     lines = [json.dumps(to_training_record(r), ensure_ascii=False) for r in records]
     atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
     return Path(path)
@@ -408,8 +406,6 @@ def write_trajectories(path: str | Path, records: Sequence[dict[str, Any]]) -> P
 def build_dataset(env: DocQAEnvironment, out_dir: str | Path, tokenizer: Any = None, recovery_rate: float = 0.1,
                   seed: int = 0) -> dict[str, Any]:
     """Oracle trajectories for every split plus the metrics report (oracle vs trivial baseline)."""
-    from unimask.io import atomic_write_text
-
     out = Path(out_dir)
     report: dict[str, Any] = {"difficulty": env.cfg.difficulty, "task_types": env.cfg.task_types,
                               "recovery_rate": recovery_rate, "splits": {}}

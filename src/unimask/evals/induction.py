@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unimask.data import PackedLoader
 from unimask.objectives.copy import CopyLayout, draw_copy
+from unimask.sampling.diffusion import DiffusionBackbone
 
 
 def copy_probes(data_dir: str | Path, seq_len: int, n: int = 64, seed: int = 1234, min_span: int = 8,
                 max_span: int = 24, split: str = "val") -> list[CopyLayout]:
     """``n`` held-out windows of ``seq_len`` tokens, each with one span repeated."""
-    from unimask.data import PackedLoader
-
     rng = np.random.default_rng(seed)
     probes: list[CopyLayout] = []
     for w in PackedLoader(data_dir, split, seq_len, epochs=1, shuffle=False):
@@ -98,8 +98,6 @@ def induction_hook(probes: Sequence[CopyLayout], diffusion: dict[str, Any] | Non
     ``diffusion``: the block-diffusion decoding settings (``block_length``, ``threshold``) when the
     model being trained is a DLLM; its AR (clean-stream) metric is logged as well.
     """
-    from unimask.sampling.diffusion import DiffusionBackbone
-
     def hook(model: torch.nn.Module) -> dict[str, float]:
         was_training = model.training
         out = {f"induction/ar_{k}": v for k, v in ar_induction(model, probes).items()}

@@ -33,8 +33,8 @@ from unimask.evals.runner import (
     summarize,
     write_summary,
 )
-from unimask.evals.sandbox import SandboxLimits
 from unimask.sampling.backbone import Backbone, Generation
+from unimask.sandbox import SandboxLimits
 from unimask.tokenizer import special
 
 MODES = ("single-line", "multi-line", "random-span")

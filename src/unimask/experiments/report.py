@@ -7,6 +7,8 @@ so a report can be rebuilt from saved logs without re-running any model.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from collections import Counter
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from unimask.agent.protocol import Failure
+from unimask.io import atomic_write_text
 
 Episode = Mapping[str, Any]
 
@@ -96,7 +99,7 @@ def paired_speedup(
 
 def plot_latency(systems: Mapping[str, Sequence[Episode]], path: Path) -> Path:
     """Empirical CDF and histogram of end-to-end wall time per task, one line per system."""
-    import matplotlib
+    import matplotlib  # slow to import, and only the report's plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +126,7 @@ def plot_accuracy_latency(points: Mapping[str, tuple[float, float]], path: Path,
                           baseline_em: float | None = None) -> Path:
     """Scatter of (mean wall time, EM accuracy) for every system/decoding setting, with the trivial
     baseline's accuracy as a dashed line when given."""
-    import matplotlib
+    import matplotlib  # slow to import, and only the report's plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -225,9 +228,6 @@ def _bases_section(bases: Mapping[str, Any]) -> list[str]:
 def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline: Mapping[str, Any],
                  cfg: Any, timings: Mapping[str, float], bases: Mapping[str, Any] | None = None) -> Path:
     """``out/report.md`` plus PNG plots, from the episode records of every run."""
-    import dataclasses
-    import json
-
     out = Path(out)
     main = {k: episodes[k] for k in ("AR", "DLLM", "DLLM unaligned") if k in episodes}
     sweep = {k: v for k, v in episodes.items() if k not in main}
@@ -296,8 +296,6 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
         "",
     ]
     path = out / "report.md"
-    from unimask.io import atomic_write_text
-
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "summary.json", json.dumps(
         {"main": summaries, "sweep": sweep_summaries, "speedup": speed, "baseline": dict(baseline),

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from unimask.model import load_checkpoint
+from unimask.model.hf import HFCausalLM
 from unimask.sampling.ar import ARBackbone
 from unimask.sampling.backbone import Backbone
 from unimask.sampling.diffusion import DiffusionBackbone
@@ -25,9 +27,6 @@ def default_device() -> str:
 
 
 def load_backbone(path: str | Path, device: str | None = None, **decoding_defaults: Any) -> Backbone:
-    from unimask.model import load_checkpoint
-    from unimask.model.hf import HFCausalLM
-
     path = Path(path)
     device = device or default_device()
     config = path / "config.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import signal
 import threading
@@ -20,22 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from unimask.config import ConfigError, save_config, to_dict
-from unimask.evals.loss import autocast_context, validation_loss
+from unimask.config import ConfigError, from_dict, save_config, to_dict
+from unimask.model import Transformer, load_checkpoint
+from unimask.objectives import build_objective
 from unimask.objectives.example import Batch, example_loss
+from unimask.presets import model_preset
+from unimask.tokenizer import Tokenizer
 from unimask.train import checkpoint as ckpt
 from unimask.train.batches import MicroBatches, ObjectiveFn, build_objective_fn
 from unimask.train.config import ObjectiveSpec, TrainConfig
 from unimask.train.distributed import (
     all_reduce_mean,
     barrier,
+    cleanup,
     gather_objects,
     init_distributed,
     wrap_model,
 )
 from unimask.train.metrics import MetricsLogger
 from unimask.train.optim import build_optimizer, lr_at
+from unimask.train.sources import PackedSource, TrajectorySource
+from unimask.train.validation import autocast_context, validation_loss
+
+log = logging.getLogger(__name__)
 
 # A probe run at every evaluation beside the validation loss (e.g. the induction metric):
 # model -> {metric name: value}; every rank calls it, so it may use collectives.
@@ -70,8 +80,6 @@ def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> di
     spec = block[0]
     settings = dict(spec.params)
     if tokenizer is not None:
-        from unimask.objectives import build_objective
-
         obj = build_objective(spec.name, tokenizer, **spec.params)
         settings = {k: getattr(obj, k) for k in ("block_size", "clean_attention", "aligned") if hasattr(obj, k)}
     if settings.get("aligned", True) is False:
@@ -108,9 +116,6 @@ def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
-    from unimask.model import Transformer
-    from unimask.presets import model_preset
-
     mcfg = model_preset(cfg.model.preset)
     overrides = dict(cfg.model.overrides)
     overrides.setdefault("vocab_size", tokenizer.vocab_size)
@@ -118,16 +123,12 @@ def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
     bad = sorted(set(overrides) - valid)
     if bad:
         raise ConfigError(f"model.overrides has unknown field {bad[0]!r}; ModelConfig fields: {', '.join(sorted(valid))}")
-    from unimask.config import from_dict
-
     base = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.init}
     mcfg = from_dict(type(mcfg), {**base, **overrides}, prefix="model.overrides.")
     return Transformer(mcfg)
 
 
 def _load_tokenizer(cfg: TrainConfig) -> Any:
-    from unimask.tokenizer import Tokenizer
-
     if cfg.data.tokenizer:
         return Tokenizer.load(cfg.data.tokenizer)
     if cfg.data.kind == "packed" and cfg.data.dir:
@@ -159,8 +160,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
         if cfg.init_from and model is None:
-            from unimask.model import load_checkpoint
-
             model, loaded_tok, self.init_extra = load_checkpoint(cfg.init_from)
             tokenizer = tokenizer or loaded_tok
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
@@ -204,8 +203,6 @@ class Trainer:
             )
 
     def _make_source(self, split: str, finite: bool = False) -> Any:
-        from unimask.train.sources import PackedSource, TrajectorySource
-
         d = self.cfg.data
         rank, world = (0, 1) if (self.global_stream or finite) else (self.info.rank, self.info.world_size)
         epochs = 1 if finite else None
@@ -245,8 +242,6 @@ class Trainer:
 
     def _val_objectives(self) -> dict[str, ObjectiveFn]:
         if self.val_objectives is None:
-            from unimask.objectives import build_objective
-
             self.val_objectives = {
                 s.name: build_objective(s.name, self.tokenizer, **s.params) for s in self.cfg.objectives if s.weight > 0
             }
@@ -259,6 +254,7 @@ class Trainer:
 
     def _optimizer_state(self) -> Any:
         if self.info.enabled and self.cfg.distributed == "fsdp":
+            # FSDP2-only (torch>=2.6), so imported only on the FSDP path
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -267,6 +263,7 @@ class Trainer:
 
     def _full_model_for_save(self) -> torch.nn.Module:
         if self.info.enabled and self.cfg.distributed == "fsdp":
+            # FSDP2-only (torch>=2.6), so imported only on the FSDP path
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -302,8 +299,6 @@ class Trainer:
         return path
 
     def _load_weights(self, ckpt_dir: Path) -> None:
-        from unimask.model import load_checkpoint
-
         loaded, _, _ = load_checkpoint(ckpt_dir)
         self.raw_model.load_state_dict(loaded.state_dict())
 
@@ -316,6 +311,7 @@ class Trainer:
                 "resume with the same distributed strategy or start a new out_dir with init_from"
             )
         if fmt == "fsdp_full":
+            # FSDP2-only (torch>=2.6), so imported only on the FSDP path
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
@@ -359,9 +355,7 @@ class Trainer:
         raws = self._val_raws()
         if not raws:
             if self.info.is_main and not getattr(self, "_warned_no_val", False):
-                from unimask.cli_utils import console
-
-                console.print("[yellow]warning:[/] eval_interval > 0 but there is no validation data; skipping evals")
+                log.warning("eval_interval > 0 but there is no validation data; skipping evals")
                 self._warned_no_val = True
             return {}
         per = len(raws) // self.info.world_size
@@ -370,8 +364,6 @@ class Trainer:
 
         def reduce(t: torch.Tensor) -> torch.Tensor:
             if self.info.enabled:
-                import torch.distributed as dist
-
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
             return t
 
@@ -382,7 +374,7 @@ class Trainer:
         if self.info.enabled and self.cfg.distributed == "fsdp":
             # no-grad forwards leave FSDP2 roots unsharded; reshard so parameters are the
             # sharded ones the optimizer holds (state-dict gathering keys on them)
-            from torch.distributed.fsdp import FSDPModule
+            from torch.distributed.fsdp import FSDPModule  # FSDP2-only (torch>=2.6)
 
             for m in self.raw_model.modules():
                 if isinstance(m, FSDPModule):
@@ -498,8 +490,6 @@ def _is_plain_causal(batch: Batch) -> bool:
 
 def train(cfg: TrainConfig, **components: Any) -> TrainResult:
     """Run (or resume) training as configured; see ``Trainer`` for injectable components."""
-    from unimask.train.distributed import cleanup
-
     trainer = Trainer(cfg, **components)
     try:
         result = trainer.fit()

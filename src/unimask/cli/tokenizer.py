@@ -1,4 +1,4 @@
-"""CLI: ``unimask tokenizer train [CONFIG] [--a.b v]`` -- BPE on a data config's source mixture."""
+"""``unimask tokenizer train [CONFIG] [--a.b v]``: BPE on a data config's source mixture."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import OVERRIDES, config_and_overrides, console, friendly_errors
+from unimask.cli.common import OVERRIDES, config_and_overrides, console, friendly_errors
+from unimask.config import load_config
+from unimask.data import DataConfig
+from unimask.data.sources import SourceCounts, iter_source
+from unimask.tokenizer import train_tokenizer
 
 app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 
@@ -18,11 +22,6 @@ def train(
     out: Path = typer.Option(Path("tokenizer.json"), help="where to write tokenizer.json"),
 ) -> None:
     """Train a byte-level BPE tokenizer (with every unimask special token) on the configured sources."""
-    from unimask.config import load_config
-    from unimask.data import DataConfig
-    from unimask.data.sources import SourceCounts, iter_source
-    from unimask.tokenizer import train_tokenizer
-
     with friendly_errors():
         config, overrides = config_and_overrides(ctx, config)
         cfg = load_config(DataConfig, config, overrides)
@@ -40,8 +39,3 @@ def train(
         tok = train_tokenizer(texts(), vocab_size=cfg.tokenizer.vocab_size, min_frequency=cfg.tokenizer.min_frequency)
         path = tok.save(out)
     console.print(f"wrote {path} (vocab {tok.vocab_size})")
-
-
-def register(root: typer.Typer) -> None:
-    """Mount ``unimask tokenizer ...``."""
-    root.add_typer(app, name="tokenizer")
