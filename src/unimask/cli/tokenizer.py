@@ -1,4 +1,4 @@
-"""``unimask tokenizer train [CONFIG] [--a.b v]``: BPE on a data config's source mixture."""
+"""``unimask tokenizer train [CONFIG] [--a.b v]``: the BPE tokenizer ``unimask data prepare`` would train."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import typer
 
 from unimask.cli.common import OVERRIDES, config_and_overrides, console, friendly_errors
 from unimask.config import load_config
-from unimask.data import DataConfig
-from unimask.data.sources import SourceCounts, iter_source
-from unimask.tokenizer import train_tokenizer
+from unimask.data import DataConfig, train_data_tokenizer
 
 app = typer.Typer(help="Train and inspect tokenizers.", no_args_is_help=True)
 
@@ -24,18 +22,6 @@ def train(
     """Train a byte-level BPE tokenizer (with every unimask special token) on the configured sources."""
     with friendly_errors():
         config, overrides = config_and_overrides(ctx, config)
-        cfg = load_config(DataConfig, config, overrides)
-        budget = cfg.tokenizer.max_train_chars
-
-        def texts():
-            used = 0
-            for src in cfg.sources:
-                for doc in iter_source(src, SourceCounts(), cfg.max_docs):
-                    if budget is not None and used >= budget:
-                        return
-                    used += len(doc.text)
-                    yield doc.text
-
-        tok = train_tokenizer(texts(), vocab_size=cfg.tokenizer.vocab_size, min_frequency=cfg.tokenizer.min_frequency)
+        tok = train_data_tokenizer(load_config(DataConfig, config, overrides))
         path = tok.save(out)
     console.print(f"wrote {path} (vocab {tok.vocab_size})")

@@ -258,19 +258,31 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
+def _train_tokenizer(cfg: DataConfig, train_docs: Sequence[_Doc]) -> Tokenizer:
+    """The one choice of the tokenizer's training set: the deduplicated train split, in on-disk
+    order, up to ``tokenizer.max_train_chars``."""
+    return train_tokenizer(
+        _training_texts(train_docs, cfg.tokenizer.max_train_chars),
+        vocab_size=cfg.tokenizer.vocab_size,
+        min_frequency=cfg.tokenizer.min_frequency,
+    )
+
+
 def _load_or_train_tokenizer(cfg: DataConfig, train_docs: Sequence[_Doc], log: Any) -> Tokenizer:
     if cfg.tokenizer.path:
         tok = Tokenizer.load(cfg.tokenizer.path)
         log(f"tokenizer: loaded {cfg.tokenizer.path} (vocab {tok.vocab_size})")
         return tok
     t0 = time.perf_counter()
-    tok = train_tokenizer(
-        _training_texts(train_docs, cfg.tokenizer.max_train_chars),
-        vocab_size=cfg.tokenizer.vocab_size,
-        min_frequency=cfg.tokenizer.min_frequency,
-    )
+    tok = _train_tokenizer(cfg, train_docs)
     log(f"tokenizer: trained BPE vocab {tok.vocab_size} in {time.perf_counter() - t0:.1f}s")
     return tok
+
+
+def train_data_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The tokenizer ``prepare_data(cfg)`` trains (ignoring ``tokenizer.path``), alone."""
+    splits, _ = _select(cfg)
+    return _train_tokenizer(cfg, splits["train"])
 
 
 def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:

@@ -28,6 +28,7 @@ from unimask.data import DataConfig, SourceConfig, TokenizerSettings, prepare_da
 from unimask.io import atomic_write_text
 from unimask.objectives import build_objective
 from unimask.tokenizer import Tokenizer
+from unimask.tokenizer.formats import CODEGEN2
 from unimask.train.config import TrainConfig
 from unimask.train.sources import PackedSource
 from unimask.train.trainer import Trainer
@@ -88,9 +89,8 @@ def infill_exact_match(model: torch.nn.Module, tokenizer: Any, tasks: list[Infil
     infill_hits = completion_hits = 0
     for t in tasks:
         want = tok.decode(t.middle).rstrip()
-        m1 = tok.sentinel_ids[0]
-        prompt = t.prefix + [m1] + t.suffix + [tok.eos_id, tok.sep_id, m1]
-        got = greedy(model, prompt, {tok.eom_id, tok.eos_id}, len(t.middle) + 8, device)
+        prompt = CODEGEN2.ids(t.prefix, t.suffix, tok)
+        got = greedy(model, prompt, CODEGEN2.stop_ids(tok), len(t.middle) + 8, device)
         infill_hits += tok.decode(got).rstrip() == want
         got = greedy(model, t.prefix, {tok.eos_id}, len(t.middle) + 8, device, stop_text="\n", tokenizer=tok)
         completion_hits += tok.decode(got).split("\n")[0].rstrip() == want

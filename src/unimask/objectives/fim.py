@@ -21,6 +21,7 @@ from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, doc_pieces, next_token_labels, normalised_weights
 from unimask.objectives.example import TrainingExample
 from unimask.tokenizer import Tokenizer
+from unimask.tokenizer.formats import FIM_PSM, FIM_SPM
 
 
 @dataclass
@@ -44,9 +45,8 @@ class FIM:
         text = tok.decode(piece)
         a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
         pre, mid, suf = (tok.encode(t) for t in (text[:a], text[a:b], text[b:]))
-        if rng.random() < self.spm_rate:
-            return [tok.fim_prefix_id, tok.fim_suffix_id, *suf, tok.fim_middle_id, *pre, *mid]
-        return [tok.fim_prefix_id, *pre, tok.fim_suffix_id, *suf, tok.fim_middle_id, *mid]
+        form = FIM_SPM if rng.random() < self.spm_rate else FIM_PSM
+        return form.ids(pre, suf, tok) + mid
 
     def __call__(self, raw: Window, rng: np.random.Generator) -> TrainingExample:
         tokens = raw.tokens.long().tolist()

@@ -21,6 +21,7 @@ from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, doc_pieces, normalised_weights, sample_span_mask
 from unimask.objectives.example import IGNORE, TrainingExample
 from unimask.tokenizer import Tokenizer
+from unimask.tokenizer.formats import codegen2_targets
 
 
 @dataclass
@@ -112,8 +113,4 @@ class CodeGen2Infill(_SpanObjective):
     name: str = "codegen2_infill"
 
     def _format(self, ctx: list[int], spans: list[list[int]]) -> tuple[list[int], int]:
-        tok = self.tokenizer
-        tgt = [tok.eos_id, tok.sep_id]
-        for k, span in enumerate(spans):
-            tgt += [tok.sentinel_ids[k], *span, tok.eom_id]
-        return ctx + tgt, len(ctx) + 1
+        return ctx + codegen2_targets(spans, self.tokenizer), len(ctx) + 1
