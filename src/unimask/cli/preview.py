@@ -19,7 +19,7 @@ from rich.text import Text
 
 from unimask.agent.protocol import format_action
 from unimask.data import PackedLoader
-from unimask.objectives import TRAJECTORY_OBJECTIVES, build_objective
+from unimask.objectives import build_objective
 from unimask.objectives.example import IGNORE
 from unimask.tokenizer import Tokenizer, train_tokenizer
 from unimask.tokenizer.chat import Turn, render_turns
@@ -56,9 +56,12 @@ def render_preview(name: str, data: Path | None, seq_len: int, seed: int, consol
         files = sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
         tok = train_tokenizer([f.read_text() for f in files], vocab_size=600)
         raw = _snippet_window(tok, seq_len)
-    if name in TRAJECTORY_OBJECTIVES:
+    objective = build_objective(name, tok)
+    if hasattr(objective, "block_size"):  # short blocks, so that a short preview shows several
+        objective = build_objective(name, tok, block_size=8)
+    if objective.reads == "trajectory":
         raw = _snippet_trajectory(tok)
-    ex = build_objective(name, tok, **({"block_size": 8} if "diffusion" in name else {}))(raw, rng)
+    ex = objective(raw, rng)
     special = tok.special_ids
     seen = Text()
     scored = Text()

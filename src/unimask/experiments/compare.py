@@ -48,6 +48,7 @@ from unimask.evals.induction import copy_probes, induction_hook
 from unimask.experiments.report import write_report
 from unimask.io import atomic_dir, atomic_write_text
 from unimask.model import load_checkpoint
+from unimask.objectives import build_objective, max_input_length
 from unimask.presets import model_preset
 from unimask.sampling import load_backbone
 from unimask.tokenizer import Tokenizer
@@ -298,14 +299,15 @@ def run_compare(cfg: CompareConfig) -> Path:
     lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
             for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
     seq = model_preset(cfg.model_preset, **cfg.model_settings()).max_seq_len
-    fit = seq * 2 // 5  # an aligned DLLM example is clean + noised copy + padded blocks: up to 2.5x the trajectory
+    ctx = {"context_weight": cfg.sft_context_weight}
+    # the aligned DLLM example (clean + noised copy + padded blocks) is the longest of the arms'
+    fit = max_input_length(build_objective("agent_sft_diffusion", tokenizer, **cfg.dllm_params(**ctx)), seq)
     max_len = min(max(lens) + 32, fit)
     if max(lens) > fit:
         log.warning("trajectories of up to %d tokens are cut to %d to fit the aligned DLLM objective in max_seq_len "
                     "%d; raise model_overrides.max_seq_len to keep them whole", max(lens), fit, seq)
     sft_data = {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
                 "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
-    ctx = {"context_weight": cfg.sft_context_weight}
     arms = {
         "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
         "DLLM": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(**ctx)}], pre["dllm"], cfg.sft_steps),

@@ -13,12 +13,14 @@ Every token is scored with next-token prediction, as in the paper; other pieces 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, doc_pieces, next_token_labels, normalised_weights
+from unimask.objectives.contract import AR_DECODER, DecoderSpec, Reads
 from unimask.objectives.example import TrainingExample
 from unimask.tokenizer import Tokenizer
 from unimask.tokenizer.formats import FIM_PSM, FIM_SPM
@@ -31,11 +33,15 @@ class FIM:
     spm_rate: float = 0.5
     max_fim_pieces: int = 2  # per window; bounds the length growth from re-tokenisation
     name: str = "fim"
+    reads: ClassVar[Reads] = "window"
 
     def __post_init__(self) -> None:
         for k in ("fim_rate", "spm_rate"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n + 8 * self.max_fim_pieces

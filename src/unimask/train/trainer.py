@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from unimask.config import ConfigError, from_dict, save_config, to_dict
 from unimask.model import Transformer, load_checkpoint
-from unimask.objectives import build_objective
+from unimask.objectives import build_objective, mixture_decoder
 from unimask.objectives.example import Batch, example_loss
 from unimask.presets import model_preset
 from unimask.tokenizer import Tokenizer
@@ -51,46 +51,11 @@ log = logging.getLogger(__name__)
 # model -> {metric name: value}; every rank calls it, so it may use collectives.
 EvalHook = Callable[[torch.nn.Module], dict[str, float]]
 
-AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "copy", "agent_sft_ar"}
-
-
 def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> dict[str, Any]:
-    """What decoder a checkpoint trained on ``objectives`` needs (recorded in its ``extra``).
-
-    With a tokenizer the diffusion objective is instantiated, so its own defaults (block size,
-    clean attention, aligned) are what gets recorded, not a second copy of them here.
-    """
-    active = [o for o in objectives if o.weight > 0]
-    names = {o.name for o in active}
-    if names <= AR_OBJECTIVES:
-        return {"backbone": "ar"}
-    block = [o for o in active if o.name in ("block_diffusion", "agent_sft_diffusion", "copy_diffusion")]
-    masked = [o for o in active if o.name == "masked_diffusion"]
-    if block and masked:
-        raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
-    if not block and not masked:
-        raise ConfigError(f"objectives {sorted(names)} are not known to the trainer's backbone table")
-    shifts = {bool(o.params.get("shift", False)) for o in block + masked}
-    if len(shifts) > 1:
-        raise ConfigError("mixing shifted and unshifted diffusion objectives gives no single decoder; set the same "
-                          "`shift` on every diffusion objective")
-    shift = {"shift": True} if shifts == {True} else {}  # absent means unshifted, as in older checkpoints
-    if masked:
-        return {"backbone": "masked_diffusion", **shift}
-    spec = block[0]
-    settings = dict(spec.params)
-    if tokenizer is not None:
-        obj = build_objective(spec.name, tokenizer, **spec.params)
-        settings = {k: getattr(obj, k) for k in ("block_size", "clean_attention", "aligned") if hasattr(obj, k)}
-    if settings.get("aligned", True) is False:
-        return {"backbone": "masked_diffusion", **shift}  # the unaligned ablation: plain bidirectional attention
-    # the aligned agent layout is context-causal: clean context causal, full attention inside a block
-    return {
-        "backbone": "block_diffusion",
-        "block_size": int(settings.get("block_size", 16)),
-        "clean_attention": str(settings.get("clean_attention", "causal")),
-        **shift,
-    }
+    """What decoder a checkpoint trained on ``objectives`` needs, as recorded in its ``extra``:
+    ``DecoderSpec.to_extra()`` of the active objectives' ``mixture_decoder`` (each objective says its own)."""
+    active = [build_objective(o.name, tokenizer, **o.params) for o in objectives if o.weight > 0]
+    return mixture_decoder(active).to_extra()
 
 
 @dataclass
