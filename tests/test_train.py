@@ -279,7 +279,7 @@ def test_validation_loss_matches_hand_computation(tiny_tokenizer, windows) -> No
 
     from unimask.objectives import build_objective
     from unimask.objectives.example import collate, example_loss
-    from unimask.train.trainer import build_model
+    from unimask.train.factories import build_model
     from unimask.train.validation import validation_loss
 
     cfg = tiny_config("unused")
