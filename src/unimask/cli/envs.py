@@ -13,7 +13,7 @@ from rich.table import Table
 from unimask.agent.loop import LoopConfig, run_episodes
 from unimask.agent.policy import ScriptedPolicy
 from unimask.cli.common import console, friendly_errors
-from unimask.envs.docqa import ByteTokenizer, DocQAEnvironment, build_dataset
+from unimask.envs.docqa import ByteTokenizer, DocQAEnvironment, build_dataset, oracle_action
 from unimask.tokenizer import Tokenizer
 
 env_app = typer.Typer(help="Agent environments: build corpora/questions/oracle trajectories, inspect them.")
@@ -84,7 +84,7 @@ def sample(
         if chosen:
             rng = np.random.default_rng(seed)
             task = chosen[0]
-            policy = ScriptedPolicy(lambda turns: env.oracle_action(task, turns, rng, recovery_rate),
+            policy = ScriptedPolicy(lambda turns: oracle_action(env, task, turns, rng, recovery_rate),
                                     _tokenizer(tokenizer) or ByteTokenizer())
             rec = run_episodes(env, [task], policy, LoopConfig(max_rounds=6, max_context_tokens=100_000),
                                progress=False)[0]

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from unimask.agent.loop import EpisodeRecord
 from unimask.agent.protocol import Failure
 from unimask.io import atomic_write_text
-
-Episode = Mapping[str, Any]
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -42,7 +41,7 @@ def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple
     return float(lo), float(hi)
 
 
-def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
+def summarize(episodes: Sequence[EpisodeRecord]) -> dict[str, Any]:
     """Accuracy, interaction counts, failure rates and cost of one system's episodes."""
     n = len(episodes)
     actions = sum(e["rounds"] for e in episodes)
@@ -78,7 +77,7 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
 
 
 def paired_speedup(
-    base: Sequence[Episode], other: Sequence[Episode], n_boot: int = 2000, seed: int = 0
+    base: Sequence[EpisodeRecord], other: Sequence[EpisodeRecord], n_boot: int = 2000, seed: int = 0
 ) -> dict[str, float]:
     """Speed-up of ``other`` over ``base`` (ratio of mean wall time per task), paired by task id,
     with a 95% percentile-bootstrap confidence interval over tasks."""
@@ -97,7 +96,7 @@ def paired_speedup(
     return {"speedup": float(point), "lo": float(lo), "hi": float(hi), "tasks": len(ids)}
 
 
-def plot_latency(systems: Mapping[str, Sequence[Episode]], path: Path) -> Path:
+def plot_latency(systems: Mapping[str, Sequence[EpisodeRecord]], path: Path) -> Path:
     """Empirical CDF and histogram of end-to-end wall time per task, one line per system."""
     import matplotlib  # slow to import, and only the report's plots need it
 
@@ -190,7 +189,7 @@ def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _breakdown_table(systems: Mapping[str, Sequence[Episode]],
+def _breakdown_table(systems: Mapping[str, Sequence[EpisodeRecord]],
                      baseline: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """EM by question type and hop count, one column per system (plus the trivial baseline's)."""
     keys = sorted({f"{k}={e['meta'][k]}" for eps in systems.values() for e in eps for k in ("type", "hops")})
@@ -225,7 +224,7 @@ def _bases_section(bases: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline: Mapping[str, Any],
+def write_report(out: Path, episodes: Mapping[str, Sequence[EpisodeRecord]], baseline: Mapping[str, Any],
                  cfg: Any, timings: Mapping[str, float], bases: Mapping[str, Any] | None = None) -> Path:
     """``out/report.md`` plus PNG plots, from the episode records of every run."""
     out = Path(out)
