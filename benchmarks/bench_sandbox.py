@@ -14,7 +14,7 @@ import time
 import torch
 
 from unimask.evals.humaneval import humaneval_tasks, load_problems
-from unimask.evals.sandbox import SandboxLimits, run_many, run_python
+from unimask.sandbox import SandboxLimits, run_many, run_python
 
 
 def main() -> None:

@@ -123,7 +123,7 @@ def run_hf(work: Path, args: argparse.Namespace) -> dict:
     from unimask.config import from_dict
     from unimask.tokenizer import Tokenizer
     from unimask.train.config import TrainConfig
-    from unimask.train.trainer import build_model
+    from unimask.train.factories import build_model
 
     tok = Tokenizer.load(work / "tok")
     cfg = from_dict(TrainConfig, {"model": {"preset": "tiny", "overrides": {**MODEL, "max_seq_len": args.seq_len}}})

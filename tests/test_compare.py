@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from unimask.experiments import compare
 from unimask.experiments.compare import CompareConfig, _train, run_compare
@@ -147,8 +147,13 @@ def tiny_config(out_dir: Path) -> CompareConfig:
 
 
 def quiet_console(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """What compare logs, captured instead of shown."""
     buf = io.StringIO()
-    monkeypatch.setattr(compare, "console", Console(file=buf, width=10_000, color_system=None))
+    logger = logging.getLogger(compare.__name__)
+    monkeypatch.setattr(logger, "handlers", [logging.StreamHandler(buf)])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.manager._clear_cache()
     return buf
 
 

@@ -145,7 +145,8 @@ def test_decoded_induction_compares_decoded_repeats_with_the_source() -> None:
 
 
 def test_name_swap_replaces_the_task_names_everywhere_consistently() -> None:
-    from unimask.envs.docqa import _made_up, swap_names
+    from unimask.envs.docqa import swap_names
+    from unimask.envs.docqa.dataset import _made_up
 
     record = {
         "task_id": "docqa-1", "question": "Which module defines `ABCMeta`?", "answer": "abc", "prediction": "abc",

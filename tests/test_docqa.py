@@ -18,12 +18,12 @@ from unimask.envs.docqa import (
     HOPS,
     TASK_TYPES,
     DocQAEnvironment,
-    _read_default,
     breakdown,
     build_dataset,
     oracle_trajectories,
     trivial_baseline,
 )
+from unimask.envs.docqa.environment import _read_default
 from unimask.tokenizer.chat import Turn, render_turns
 
 torch.set_num_threads(1)

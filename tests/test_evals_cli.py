@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 import unimask.sampling
-from unimask.evals.cli import register
+from unimask.cli.evals import eval_app
 from unimask.evals.humaneval import load_problems
 from unimask.evals.infill import build_tasks, codegen2_prompt
 from unimask.sampling.backbone import Generation
@@ -46,7 +46,7 @@ def app(monkeypatch, tmp_path):
 
     monkeypatch.setattr(unimask.sampling, "load_backbone", load_backbone, raising=False)
     root = typer.Typer()
-    register(root)
+    root.add_typer(eval_app, name="eval")
     root.calls, root.backbone = calls, backbone
     return root
 
@@ -157,7 +157,7 @@ def test_loss_command_wiring(app, tmp_path, monkeypatch):
 
 
 def test_sandbox_check_command(app):
-    from unimask.evals.sandbox import run_python
+    from unimask.sandbox import run_python
 
     res = CliRunner().invoke(app, ["eval", "sandbox-check"])
     text = " ".join(res.output.split())
@@ -176,10 +176,10 @@ def test_loss_command_end_to_end(app, tmp_path, tiny_tokenizer, tiny_tokenizer_p
         pytest.skip("needs unimask.data.prepare_data and unimask.objectives.build_objective (other issues)")
     import torch
 
-    from unimask.evals.loss import validation_loss
     from unimask.model import Transformer, load_checkpoint, save_checkpoint
     from unimask.presets import model_preset
     from unimask.train.sources import PackedSource
+    from unimask.train.validation import validation_loss
 
     torch.manual_seed(0)
     save_checkpoint(
@@ -247,7 +247,7 @@ def test_real_samplers_through_the_cli(monkeypatch, tmp_path, tiny_tokenizer):
     save_checkpoint(tmp_path / "ar", model, tiny_tokenizer, {"backbone": "ar"})
     save_checkpoint(tmp_path / "dl", model, tiny_tokenizer, {"backbone": "masked_diffusion"})
     root = typer.Typer()
-    register(root)
+    root.add_typer(eval_app, name="eval")
     run = CliRunner().invoke
     res = run(
         root,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unimask.evals.sandbox import SandboxLimits, SandboxResult, run_many, run_python
+from unimask.sandbox import SandboxLimits, SandboxResult, run_many, run_python
 
 FAST = SandboxLimits(wall_time=2.0, cpu_time=2, memory_mb=512)
 

@@ -277,10 +277,10 @@ def test_cli_train_with_overrides(tmp_path, tiny_tokenizer, monkeypatch) -> None
 def test_validation_loss_matches_hand_computation(tiny_tokenizer, windows) -> None:
     import numpy as np
 
-    from unimask.evals.loss import validation_loss
     from unimask.objectives import build_objective
     from unimask.objectives.example import collate, example_loss
-    from unimask.train.trainer import build_model
+    from unimask.train.factories import build_model
+    from unimask.train.validation import validation_loss
 
     cfg = tiny_config("unused")
     torch.manual_seed(0)

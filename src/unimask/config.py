@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from unimask.io import atomic_write_text
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -231,6 +233,4 @@ def _deep_merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass as YAML (atomically)."""
-    from unimask.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

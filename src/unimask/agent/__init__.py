@@ -1,13 +1,13 @@
 """The agent runtime: tool protocol, tools, environments, the loop and scripted policies."""
 
-from unimask.agent.env import Environment, Task, exact_match, get_environment, token_f1
-from unimask.agent.loop import LoopConfig, run_episodes
+from unimask.agent.env import Environment, Task, exact_match, token_f1
+from unimask.agent.loop import EpisodeRecord, LoopConfig, run_episodes
 from unimask.agent.policy import ScriptedPolicy
 from unimask.agent.protocol import Failure, format_action, parse_action, system_prompt, tool_call_schema
 from unimask.agent.tools import Observation, Tool
 
 __all__ = [
-    "Environment", "Failure", "LoopConfig", "Observation", "ScriptedPolicy", "Task", "Tool", "exact_match",
-    "format_action", "get_environment", "parse_action", "run_episodes", "system_prompt", "token_f1",
+    "Environment", "EpisodeRecord", "Failure", "LoopConfig", "Observation", "ScriptedPolicy", "Task", "Tool", "exact_match",
+    "format_action", "parse_action", "run_episodes", "system_prompt", "token_f1",
     "tool_call_schema",
 ]

@@ -1,8 +1,8 @@
-"""Environments: tasks, their tools and their scoring, found by name without importing them all."""
+"""The environment contract (tasks, their tools, their scoring) and answer metrics; the registry of
+environments by name is ``unimask.envs``."""
 
 from __future__ import annotations
 
-import importlib
 import re
 import string
 from collections import Counter
@@ -30,16 +30,6 @@ class Environment(Protocol):
     def system_prompt(self) -> str: ...
 
     def score(self, task: Task, prediction: str | None) -> dict[str, float]: ...
-
-
-ENVIRONMENTS: dict[str, str] = {"docqa": "unimask.envs.docqa:DocQAEnvironment"}
-
-
-def get_environment(name: str, **kwargs: Any) -> Environment:
-    if name not in ENVIRONMENTS:
-        raise ValueError(f"unknown environment {name!r}; available: {sorted(ENVIRONMENTS)}")
-    module, attr = ENVIRONMENTS[name].split(":")
-    return getattr(importlib.import_module(module), attr)(**kwargs)
 
 
 def normalize_answer(s: str) -> str:

@@ -13,11 +13,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from unimask.agent.env import Environment, Task, exact_match, token_f1
 from unimask.agent.protocol import Failure, parse_action, tool_call_schema
 from unimask.sampling.backbone import Backbone
+from unimask.sampling.constraints import ToolCallConstraint
 from unimask.tokenizer import special as sp
 from unimask.tokenizer.chat import Turn, render_text
 
@@ -33,8 +36,33 @@ class LoopConfig:
     decoding: dict[str, Any] = field(default_factory=dict)
 
 
+class EpisodeRecord(TypedDict):
+    """One finished episode: what ``run_episodes`` returns, each JSONL log line, what the report reads."""
+
+    task_id: str
+    question: str
+    answer: str
+    prediction: str | None
+    outcome: str  # answered, round_cap, budget_exceeded, error
+    em: float
+    f1: float
+    rounds: int
+    tool_calls: int
+    failures: dict[str, int]
+    nfe: int
+    tokens: int
+    model_time: float
+    tool_time: float
+    wall_time: float
+    meta: dict[str, Any]
+    turns: list[dict[str, Any]]  # ``Turn.to_dict()`` of the whole trajectory
+    round_log: list[dict[str, Any]]
+
+
 @dataclass
 class Episode:
+    """An episode in flight; ``record`` turns it into its ``EpisodeRecord``."""
+
     task: Task
     turns: list[Turn]
     rounds: list[dict[str, Any]] = field(default_factory=list)
@@ -48,7 +76,7 @@ class Episode:
     def done(self) -> bool:
         return self.outcome != "running"
 
-    def record(self, env: Environment) -> dict[str, Any]:
+    def record(self, env: Environment) -> EpisodeRecord:
         score = env.score(self.task, self.prediction)
         return {
             "task_id": self.task.id,
@@ -92,23 +120,19 @@ def run_episodes(
     config: LoopConfig | None = None,
     log_path: str | Path | None = None,
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[EpisodeRecord]:
     """Run every task to completion; returns one record per task (in task order)."""
     cfg = config or LoopConfig()
     tools = env.tools()
     by_name = {t.name: t for t in tools}
     constraint = None
     if cfg.constrained:
-        from unimask.sampling.constraints import ToolCallConstraint
-
         constraint = ToolCallConstraint(tool_call_schema(tools))
     system = env.system_prompt()
-    records: list[dict[str, Any] | None] = [None] * len(tasks)
+    records: list[EpisodeRecord | None] = [None] * len(tasks)
     log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
     bar = None
     if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                        TimeRemainingColumn(), transient=True)
         bar.start()

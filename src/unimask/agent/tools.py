@@ -10,12 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bm25s
 import jsonschema
+
+from unimask.sandbox import SandboxLimits, run_python
 
 
 @dataclass
@@ -63,8 +67,6 @@ class BM25Index:
     """BM25 over ``title + text`` of documents, cached under ``cache_dir/bm25-<hash>``."""
 
     def __init__(self, docs: Sequence[Document], cache_dir: Path | None = None):
-        import bm25s
-
         self.docs = list(docs)
         if not self.docs:
             raise ValueError("cannot index an empty corpus")
@@ -81,13 +83,9 @@ class BM25Index:
             try:
                 os.replace(tmp, path)
             except OSError:  # another process saved it first
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        import bm25s
-
         tokens = bm25s.tokenize([query], stopwords=None, show_progress=False)
         if not tokens.vocab:
             return []
@@ -132,8 +130,6 @@ def open_tool(docs: Sequence[Document], render: Callable[[Document], str]) -> To
 
 def python_tool(timeout_s: float = 5.0, memory_mb: int = 512, max_output: int = 2000) -> Tool:
     def run(code: str) -> str:
-        from unimask.evals.sandbox import SandboxLimits, run_python
-
         res = run_python(code, SandboxLimits(wall_time=timeout_s, memory_mb=memory_mb))
         out = (res.stdout + ("\n" + res.stderr if res.stderr else "")).strip()
         return f"[{res.status}] {out[:max_output]}" if out else f"[{res.status}]"

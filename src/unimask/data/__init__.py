@@ -2,7 +2,7 @@
 
 from unimask.data.config import DataConfig, SourceConfig, TokenizerSettings
 from unimask.data.loader import PackedLoader, PackedWindow, read_documents
-from unimask.data.prepare import prepare_data, token_dtype
+from unimask.data.prepare import prepare_data, token_dtype, train_data_tokenizer
 from unimask.data.sources import DataError, Document, docstrings_of, iter_source
 from unimask.data.stats import DataStats
 from unimask.data.store import DataDir
@@ -22,4 +22,5 @@ __all__ = [
     "prepare_data",
     "read_documents",
     "token_dtype",
+    "train_data_tokenizer",
 ]

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from tokenizers import Tokenizer as HFTokenizer
 
 from unimask.data.config import DataConfig
 from unimask.data.sources import DataError, SourceCounts, iter_source
@@ -121,8 +124,6 @@ _WORKER_TOK: Any = None
 def _init_worker(tokenizer_json: str) -> None:
     global _WORKER_TOK
     os.environ["RAYON_NUM_THREADS"] = "1"  # one process per core; no nested thread pools
-    from tokenizers import Tokenizer as HFTokenizer
-
     _WORKER_TOK = HFTokenizer.from_str(tokenizer_json)
 
 
@@ -257,26 +258,35 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
+def _train_tokenizer(cfg: DataConfig, train_docs: Sequence[_Doc]) -> Tokenizer:
+    """The one choice of the tokenizer's training set: the deduplicated train split, in on-disk
+    order, up to ``tokenizer.max_train_chars``."""
+    return train_tokenizer(
+        _training_texts(train_docs, cfg.tokenizer.max_train_chars),
+        vocab_size=cfg.tokenizer.vocab_size,
+        min_frequency=cfg.tokenizer.min_frequency,
+    )
+
+
 def _load_or_train_tokenizer(cfg: DataConfig, train_docs: Sequence[_Doc], log: Any) -> Tokenizer:
     if cfg.tokenizer.path:
         tok = Tokenizer.load(cfg.tokenizer.path)
         log(f"tokenizer: loaded {cfg.tokenizer.path} (vocab {tok.vocab_size})")
         return tok
     t0 = time.perf_counter()
-    tok = train_tokenizer(
-        _training_texts(train_docs, cfg.tokenizer.max_train_chars),
-        vocab_size=cfg.tokenizer.vocab_size,
-        min_frequency=cfg.tokenizer.min_frequency,
-    )
+    tok = _train_tokenizer(cfg, train_docs)
     log(f"tokenizer: trained BPE vocab {tok.vocab_size} in {time.perf_counter() - t0:.1f}s")
     return tok
 
 
+def train_data_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The tokenizer ``prepare_data(cfg)`` trains (ignoring ``tokenizer.path``), alone."""
+    splits, _ = _select(cfg)
+    return _train_tokenizer(cfg, splits["train"])
+
+
 def prepare_data(cfg: DataConfig, progress: bool = True) -> Path:
     """Build the data directory ``cfg.out_dir`` from ``cfg``; returns its path."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
     console = Console(stderr=True, quiet=not progress)
     out = Path(cfg.out_dir).expanduser()
     _check_out_dir(out)

@@ -14,6 +14,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from unimask.data.config import SourceConfig
 
@@ -139,8 +140,6 @@ def docstrings_of(source: str, module_name: str) -> str:
 
 def iter_stdlib_docs(src: SourceConfig, counts: SourceCounts, max_docs: int | None) -> Iterator[Document]:
     """pydoc topics (one document each), then one document of docstrings per stdlib module."""
-    from pydoc_data.topics import topics
-
     names = sorted(topics)
     if max_docs is not None and len(names) > max_docs // 2:
         keep = max_docs // 2
@@ -222,7 +221,7 @@ def _iter_table(table: object, src: SourceConfig, path: Path, max_docs: int | No
 
 
 def iter_parquet(src: SourceConfig, counts: SourceCounts, max_docs: int | None) -> Iterator[Document]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # only parquet sources need pyarrow, which is slow to import
 
     _, files = _files(src, "**/*.parquet")
     emitted = 0
@@ -238,7 +237,7 @@ def iter_parquet(src: SourceConfig, counts: SourceCounts, max_docs: int | None) 
 
 
 def _read_arrow(path: Path) -> object:
-    import pyarrow as pa
+    import pyarrow as pa  # as above
 
     with pa.memory_map(str(path)) as f:
         try:

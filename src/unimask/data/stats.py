@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Group
+from rich.table import Table
 
 from unimask.data.store import DataDir
 
@@ -64,9 +66,6 @@ class DataStats:
 
     def render(self) -> Any:
         """A rich renderable: one table per splits and sources."""
-        from rich.console import Group
-        from rich.table import Table
-
         head = Table(title=f"{self.path}  vocab {self.vocab_size}  {self.dtype}  tokenizer {self.tokenizer_sha256[:12]}"
                      + ("  checksums OK" if self.verified else ""))
         for col in ("split", "docs", "tokens", "shards", "mean doc", "median doc", "max doc", "chars/token"):

@@ -21,8 +21,8 @@ from unimask.evals.runner import (
     summarize,
     write_summary,
 )
-from unimask.evals.sandbox import SandboxLimits
 from unimask.sampling.backbone import Backbone
+from unimask.sandbox import SandboxLimits
 
 STOP_SEQUENCES = ["\nclass ", "\ndef ", "\n#", "\nif __name__", "\nprint(", "\n```", "<|endoftext|>"]
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unimask.data import PackedLoader
 from unimask.objectives.copy import CopyLayout, draw_copy
 from unimask.sampling import ARBackbone, DiffusionBackbone
 
@@ -33,8 +34,6 @@ from unimask.sampling import ARBackbone, DiffusionBackbone
 def copy_probes(data_dir: str | Path, seq_len: int, n: int = 64, seed: int = 1234, min_span: int = 8,
                 max_span: int = 24, split: str = "val") -> list[CopyLayout]:
     """``n`` held-out windows of ``seq_len`` tokens, each with one span repeated."""
-    from unimask.data import PackedLoader
-
     rng = np.random.default_rng(seed)
     probes: list[CopyLayout] = []
     for w in PackedLoader(data_dir, split, seq_len, epochs=1, shuffle=False):

@@ -33,9 +33,10 @@ from unimask.evals.runner import (
     summarize,
     write_summary,
 )
-from unimask.evals.sandbox import SandboxLimits
 from unimask.sampling.backbone import Backbone, Generation
+from unimask.sandbox import SandboxLimits
 from unimask.tokenizer import special
+from unimask.tokenizer.formats import CODEGEN2, FIM_PSM, FIM_SPM
 
 MODES = ("single-line", "multi-line", "random-span")
 FORMATS = ("codegen2", "fim", "fim-spm", "native")
@@ -104,29 +105,14 @@ def build_tasks(
     return tasks
 
 
-def codegen2_prompt(prefix: str, suffix: str) -> str:
-    return f"{prefix}{special.sentinel(1)}{suffix}{special.EOS}{special.SEP}{special.sentinel(1)}"
-
-
-def fim_prompt(prefix: str, suffix: str) -> str:
-    return f"{special.FIM_PREFIX}{prefix}{special.FIM_SUFFIX}{suffix}{special.FIM_MIDDLE}"
-
-
-def fim_spm_prompt(prefix: str, suffix: str) -> str:
-    """SPM ordering (Bavarian et al. 2022): the suffix first, then the prefix right before the middle."""
-    return f"{special.FIM_PREFIX}{special.FIM_SUFFIX}{suffix}{special.FIM_MIDDLE}{prefix}"
-
-
-PROMPTS: dict[str, Callable[[str, str], str]] = {
-    "codegen2": codegen2_prompt,
-    "fim": fim_prompt,
-    "fim-spm": fim_spm_prompt,
-}
-# A model that opens the next sentinel / FIM block has finished the middle, as in unimask.sampling.infill.
+codegen2_prompt = CODEGEN2.text
+fim_prompt = FIM_PSM.text
+fim_spm_prompt = FIM_SPM.text  # SPM: the suffix first, then the prefix right before the middle
+PROMPTS: dict[str, Callable[[str, str], str]] = {"codegen2": CODEGEN2.text, "fim": FIM_PSM.text, "fim-spm": FIM_SPM.text}
 STOPS = {
-    "codegen2": [special.EOM, special.EOS, special.sentinel(2)],
-    "fim": [special.EOS, special.EOM, special.FIM_PREFIX],
-    "fim-spm": [special.EOS, special.EOM, special.FIM_PREFIX],
+    "codegen2": list(CODEGEN2.stops),
+    "fim": list(FIM_PSM.stops),
+    "fim-spm": list(FIM_SPM.stops),
     "native": [special.EOS, special.EOM],
 }
 

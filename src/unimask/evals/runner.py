@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from unimask.evals.sandbox import SandboxLimits, run_many
 from unimask.io import atomic_write_text
 from unimask.sampling.backbone import Backbone, Generation
+from unimask.sandbox import SandboxLimits, run_many
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"

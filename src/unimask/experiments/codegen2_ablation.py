@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from unimask.config import load_config
+from unimask.data import DataConfig, SourceConfig, TokenizerSettings, prepare_data, read_documents
 from unimask.io import atomic_write_text
+from unimask.objectives import build_objective
+from unimask.tokenizer import Tokenizer
+from unimask.tokenizer.formats import CODEGEN2
+from unimask.train.config import TrainConfig
+from unimask.train.sources import PackedSource
+from unimask.train.trainer import Trainer
+from unimask.train.validation import validation_loss
 
 ARMS = ("causal", "causal_infill", "prefix_lm")
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "ablation"
@@ -80,9 +89,8 @@ def infill_exact_match(model: torch.nn.Module, tokenizer: Any, tasks: list[Infil
     infill_hits = completion_hits = 0
     for t in tasks:
         want = tok.decode(t.middle).rstrip()
-        m1 = tok.sentinel_ids[0]
-        prompt = t.prefix + [m1] + t.suffix + [tok.eos_id, tok.sep_id, m1]
-        got = greedy(model, prompt, {tok.eom_id, tok.eos_id}, len(t.middle) + 8, device)
+        prompt = CODEGEN2.ids(t.prefix, t.suffix, tok)
+        got = greedy(model, prompt, CODEGEN2.stop_ids(tok), len(t.middle) + 8, device)
         infill_hits += tok.decode(got).rstrip() == want
         got = greedy(model, t.prefix, {tok.eos_id}, len(t.middle) + 8, device, stop_text="\n", tokenizer=tok)
         completion_hits += tok.decode(got).split("\n")[0].rstrip() == want
@@ -91,7 +99,6 @@ def infill_exact_match(model: torch.nn.Module, tokenizer: Any, tasks: list[Infil
 
 
 def prepare(out: Path, max_docs: int) -> Path:
-    from unimask.data import DataConfig, SourceConfig, TokenizerSettings, prepare_data
 
     data_dir = out / "data"
     if (data_dir / "meta.json").is_file():
@@ -106,12 +113,6 @@ def prepare(out: Path, max_docs: int) -> Path:
 
 def run_arm(arm: str, out: Path, data_dir: Path, tokens: int, tasks: list[InfillTask], val_raws: list[Any],
             seed: int) -> dict[str, Any]:
-    from unimask.config import load_config
-    from unimask.evals.loss import validation_loss
-    from unimask.objectives import build_objective
-    from unimask.train.config import TrainConfig
-    from unimask.train.trainer import Trainer
-
     cfg = load_config(TrainConfig, CONFIG_DIR / f"{arm}.yaml", {
         "data.dir": str(data_dir), "out_dir": str(out / arm), "token_budget": str(tokens), "seed": str(seed),
         "resume": "false", "progress": "false", "tensorboard": "false",
@@ -154,10 +155,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from unimask.data import read_documents
-    from unimask.tokenizer import Tokenizer
-    from unimask.train.sources import PackedSource
-
     data_dir = prepare(args.out, args.max_docs)
     tok = Tokenizer.load(data_dir)
     tasks = make_infill_tasks(list(read_documents(data_dir, "val")), tok, args.tasks, args.seed)

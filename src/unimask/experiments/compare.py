@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from collections.abc import Sequence
@@ -31,13 +32,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from unimask.cli_utils import console
+from unimask.agent.loop import LoopConfig, run_episodes
 from unimask.config import from_dict
+from unimask.data import DataConfig, prepare_data
+from unimask.envs.docqa import (
+    DocQAEnvironment,
+    name_pieces,
+    oracle_trajectories,
+    swap_names,
+    trivial_baseline,
+)
 from unimask.evals.induction import copy_probes, induction_hook
+from unimask.experiments.report import write_report
 from unimask.io import atomic_dir, atomic_write_text
+from unimask.model import load_checkpoint
+from unimask.objectives import build_objective, max_input_length
+from unimask.presets import model_preset
+from unimask.sampling import load_backbone
+from unimask.tokenizer import Tokenizer
 from unimask.train import TrainConfig
 from unimask.train.trainer import EvalHook, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,11 +138,11 @@ class CompareConfig:
 
 
 def _stage(name: str, marker: Path) -> bool:
-    """True if the stage must run; prints what is skipped."""
+    """True if the stage must run; logs what is skipped."""
     if marker.exists():
-        console.print(f"[dim]✓ {name}: reusing {marker}[/]")
+        log.info("✓ %s: reusing %s", name, marker)
         return False
-    console.print(f"[bold cyan]▶ {name}[/]")
+    log.info("▶ %s", name)
     return True
 
 
@@ -153,7 +171,7 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
     })
     result = train(tc, eval_hooks=eval_hooks)
     if result.interrupted:  # SIGTERM/Ctrl-C: a partial run must not become a stage's "final" model
-        console.print(f"[yellow]interrupted; {out} is checkpointed: rerun the same command to resume[/]")
+        log.warning("interrupted; %s is checkpointed: rerun the same command to resume", out)
         raise SystemExit(130)
     if result.checkpoint is None:
         raise RuntimeError(f"training in {out} produced no checkpoint")
@@ -209,8 +227,6 @@ def _base_induction(path: Path, bases: dict[str, Path], hooks: dict[str, list[Ev
     """The induction metric of every base (``induction.json``, computed once per run)."""
     if path.exists():
         return json.loads(path.read_text())
-    from unimask.model import load_checkpoint
-
     found = {}
     for name, ckpt in bases.items():
         model, _, _ = load_checkpoint(ckpt)
@@ -220,19 +236,6 @@ def _base_induction(path: Path, bases: dict[str, Path], hooks: dict[str, list[Ev
 
 
 def run_compare(cfg: CompareConfig) -> Path:
-    from unimask.agent.loop import LoopConfig, run_episodes
-    from unimask.data import DataConfig, prepare_data
-    from unimask.envs.docqa import (
-        DocQAEnvironment,
-        name_pieces,
-        oracle_trajectories,
-        swap_names,
-        trivial_baseline,
-    )
-    from unimask.experiments.report import write_report
-    from unimask.sampling import load_backbone
-    from unimask.tokenizer import Tokenizer
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out / "compare_config.json", cfg)
@@ -286,7 +289,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         for split, limit in (("train", cfg.train_trajectories), ("val", 100)):
             recs = oracle_trajectories(env, split, tokenizer, cfg.recovery_rate, cfg.seed, limit)
             good = [r for r in recs if r["em"] == 1.0]
-            console.print(f"  {split}: {len(good)}/{len(recs)} oracle episodes correct")
+            log.info("  %s: %d/%d oracle episodes correct", split, len(good), len(recs))
             if split == "train":
                 good += [swap_names(r, pool, rng) for _ in range(cfg.name_swaps) for r in good]
             atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
@@ -295,17 +298,16 @@ def run_compare(cfg: CompareConfig) -> Path:
     # 4. matched fine-tuning
     lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
             for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
-    from unimask.presets import model_preset
-
     seq = model_preset(cfg.model_preset, **cfg.model_settings()).max_seq_len
-    fit = seq * 2 // 5  # an aligned DLLM example is clean + noised copy + padded blocks: up to 2.5x the trajectory
+    ctx = {"context_weight": cfg.sft_context_weight}
+    # the aligned DLLM example (clean + noised copy + padded blocks) is the longest of the arms'
+    fit = max_input_length(build_objective("agent_sft_diffusion", tokenizer, **cfg.dllm_params(**ctx)), seq)
     max_len = min(max(lens) + 32, fit)
     if max(lens) > fit:
-        console.print(f"[yellow]trajectories of up to {max(lens)} tokens are cut to {fit} to fit the aligned DLLM "
-                      f"objective in max_seq_len {seq}; raise model_overrides.max_seq_len to keep them whole[/]")
+        log.warning("trajectories of up to %d tokens are cut to %d to fit the aligned DLLM objective in max_seq_len "
+                    "%d; raise model_overrides.max_seq_len to keep them whole", max(lens), fit, seq)
     sft_data = {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
                 "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
-    ctx = {"context_weight": cfg.sft_context_weight}
     arms = {
         "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
         "DLLM": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(**ctx)}], pre["dllm"], cfg.sft_steps),
@@ -352,8 +354,6 @@ def run_compare(cfg: CompareConfig) -> Path:
         runs[label] = {"ckpt": ckpt, "decoding": dec, "tasks": sweep, "loop": lp}
     episodes: dict[str, list[dict[str, Any]]] = {}
     if cfg.eval_threads > 0:
-        import torch
-
         torch.set_num_threads(cfg.eval_threads)
     ep_dir = out / "episodes"
     ep_dir.mkdir(exist_ok=True)
@@ -361,9 +361,9 @@ def run_compare(cfg: CompareConfig) -> Path:
         path = ep_dir / (label.lower().replace(" ", "_").replace("/", "").replace(".", "") + ".jsonl")
         if path.exists() and len(path.read_text().splitlines()) == len(spec["tasks"]):
             episodes[label] = [json.loads(x) for x in path.read_text().splitlines()]
-            console.print(f"[dim]✓ agent run {label}: reusing {path}[/]")
+            log.info("✓ agent run %s: reusing %s", label, path)
             continue
-        console.print(f"[bold cyan]▶ agent run: {label} on {len(spec['tasks'])} test tasks[/]")
+        log.info("▶ agent run: %s on %d test tasks", label, len(spec["tasks"]))
         t = time.perf_counter()
         backbone = load_backbone(spec["ckpt"], device=device, **spec["decoding"])
         tmp = path.with_suffix(".partial")
@@ -373,5 +373,5 @@ def run_compare(cfg: CompareConfig) -> Path:
         times.record(f"agents: {label}", t)
     baseline = {**trivial_baseline(env, "test", tasks), "split": trivial_baseline(env, "test")}
     report = write_report(out, episodes, baseline, cfg, times.summary(), {"recipe": recipe, **induction})
-    console.print(f"[bold green]report:[/] {report}")
+    log.info("report: %s", report)
     return report

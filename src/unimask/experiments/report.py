@@ -7,6 +7,8 @@ so a report can be rebuilt from saved logs without re-running any model.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from collections import Counter
@@ -16,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from unimask.agent.loop import EpisodeRecord
 from unimask.agent.protocol import Failure
-
-Episode = Mapping[str, Any]
+from unimask.io import atomic_write_text
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -39,7 +41,7 @@ def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple
     return float(lo), float(hi)
 
 
-def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
+def summarize(episodes: Sequence[EpisodeRecord]) -> dict[str, Any]:
     """Accuracy, interaction counts, failure rates and cost of one system's episodes."""
     n = len(episodes)
     actions = sum(e["rounds"] for e in episodes)
@@ -75,7 +77,7 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
 
 
 def paired_speedup(
-    base: Sequence[Episode], other: Sequence[Episode], n_boot: int = 2000, seed: int = 0
+    base: Sequence[EpisodeRecord], other: Sequence[EpisodeRecord], n_boot: int = 2000, seed: int = 0
 ) -> dict[str, float]:
     """Speed-up of ``other`` over ``base`` (ratio of mean wall time per task), paired by task id,
     with a 95% percentile-bootstrap confidence interval over tasks."""
@@ -94,9 +96,9 @@ def paired_speedup(
     return {"speedup": float(point), "lo": float(lo), "hi": float(hi), "tasks": len(ids)}
 
 
-def plot_latency(systems: Mapping[str, Sequence[Episode]], path: Path) -> Path:
+def plot_latency(systems: Mapping[str, Sequence[EpisodeRecord]], path: Path) -> Path:
     """Empirical CDF and histogram of end-to-end wall time per task, one line per system."""
-    import matplotlib
+    import matplotlib  # slow to import, and only the report's plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +125,7 @@ def plot_accuracy_latency(points: Mapping[str, tuple[float, float]], path: Path,
                           baseline_em: float | None = None) -> Path:
     """Scatter of (mean wall time, EM accuracy) for every system/decoding setting, with the trivial
     baseline's accuracy as a dashed line when given."""
-    import matplotlib
+    import matplotlib  # slow to import, and only the report's plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -187,7 +189,7 @@ def summary_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _breakdown_table(systems: Mapping[str, Sequence[Episode]],
+def _breakdown_table(systems: Mapping[str, Sequence[EpisodeRecord]],
                      baseline: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """EM by question type and hop count, one column per system (plus the trivial baseline's)."""
     keys = sorted({f"{k}={e['meta'][k]}" for eps in systems.values() for e in eps for k in ("type", "hops")})
@@ -222,12 +224,9 @@ def _bases_section(bases: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline: Mapping[str, Any],
+def write_report(out: Path, episodes: Mapping[str, Sequence[EpisodeRecord]], baseline: Mapping[str, Any],
                  cfg: Any, timings: Mapping[str, float], bases: Mapping[str, Any] | None = None) -> Path:
     """``out/report.md`` plus PNG plots, from the episode records of every run."""
-    import dataclasses
-    import json
-
     out = Path(out)
     main = {k: episodes[k] for k in ("AR", "DLLM", "DLLM unaligned") if k in episodes}
     sweep = {k: v for k, v in episodes.items() if k not in main}
@@ -296,8 +295,6 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[Episode]], baseline:
         "",
     ]
     path = out / "report.md"
-    from unimask.io import atomic_write_text
-
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "summary.json", json.dumps(
         {"main": summaries, "sweep": sweep_summaries, "speedup": speed, "baseline": dict(baseline),

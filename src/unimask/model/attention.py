@@ -82,6 +82,18 @@ class AttentionStructure:
             *(torch.cat([getattr(p, f.name) for p in parts], dim=dim) for f in fields(AttentionStructure))
         )
 
+    def is_plain_causal(self) -> bool:
+        """True when every row is one causal document with positions 0..L-1, so that SDPA's
+        ``is_causal`` fast path computes exactly this structure (the model may skip the mask)."""
+        ar = torch.arange(self.seq_len, device=self.doc_ids.device)
+        return bool(
+            (self.doc_ids == self.doc_ids[:, :1]).all()
+            and (self.doc_ids >= 0).all()
+            and not self.noisy.any()
+            and (self.block_ids == ar).all()
+            and (self.position_ids == ar).all()
+        )
+
     # ------------------------------------------------------------------ masks
     def dense_mask(self, q_slice: slice | None = None) -> Tensor:
         """Boolean mask ``[B, 1, Lq, L]`` (True = may attend) for SDPA; ``q_slice`` picks query rows."""

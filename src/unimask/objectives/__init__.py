@@ -1,10 +1,11 @@
 """Every training objective as a pure transform ``raw example -> TrainingExample``.
 
-``build_objective(name, tokenizer, **params)`` is the registry the trainer and the CLI use.
-Objectives that read packed windows: causal, prefix_lm, span_corruption, codegen2_infill,
-codegen2 (CodeGen2's final 50/50 causal|infill recipe), fim, copy, masked_diffusion, block_diffusion,
-copy_diffusion.
-Objectives that read agent trajectories: agent_sft_ar, agent_sft_diffusion.
+``build_objective(name, tokenizer, **params)`` is the registry the trainer and the CLI use; each
+objective it builds follows ``contract.Objective`` (what it reads, its ``max_length``, the decoder
+it implies). Objectives that read packed windows: causal, prefix_lm, span_corruption,
+codegen2_infill, codegen2 (CodeGen2's final 50/50 causal|infill recipe), fim, copy,
+masked_diffusion, block_diffusion, copy_diffusion. Objectives that read agent trajectories:
+agent_sft_ar, agent_sft_diffusion.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import numpy as np
 
 from unimask.objectives.agent_sft import AgentSFTAR, AgentSFTDiffusion
 from unimask.objectives.causal import CausalLM, PrefixLM
+from unimask.objectives.contract import (
+    AR_DECODER,
+    DecoderSpec,
+    Objective,
+    Reads,
+    max_input_length,
+    mixture_decoder,
+)
 from unimask.objectives.copy import CopySpans, CopySpansDiffusion
 from unimask.objectives.diffusion import BlockDiffusion, MaskedDiffusion
 from unimask.objectives.example import IGNORE, Batch, TrainingExample, collate, example_loss
@@ -28,7 +37,7 @@ from unimask.objectives.spans import CodeGen2Infill, SpanCorruption
 class Choice:
     """Pick one of several objectives per sequence (e.g. CodeGen2's 50/50 causal|infill)."""
 
-    options: list[Any]
+    options: list[Objective]
     weights: list[float]
     name: str = "mixture"
     _p: np.ndarray = field(init=False, repr=False)
@@ -38,6 +47,14 @@ class Choice:
         if len(w) != len(self.options) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"mixture weights {self.weights} must be non-negative, one per objective, not all 0")
         self._p = w / w.sum()
+
+    @property
+    def reads(self) -> Reads:
+        (reads,) = {o.reads for o in self.options}
+        return reads
+
+    def decoder(self) -> DecoderSpec:
+        return mixture_decoder(self.options)
 
     def max_length(self, n: int) -> int:
         return max(o.max_length(n) for o in self.options)
@@ -50,7 +67,7 @@ def _codegen2(tokenizer: Any, infill_rate: float = 0.5, **infill: Any) -> Choice
     return Choice([CausalLM(), CodeGen2Infill(tokenizer, **infill)], [1 - infill_rate, infill_rate], "codegen2")
 
 
-_REGISTRY: dict[str, Callable[..., Any]] = {
+_REGISTRY: dict[str, Callable[..., Objective]] = {
     "causal": lambda tok, **p: CausalLM(**p),
     "prefix_lm": lambda tok, **p: PrefixLM(**p),
     "span_corruption": lambda tok, **p: SpanCorruption(tok, **p),
@@ -65,14 +82,11 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "agent_sft_diffusion": lambda tok, **p: AgentSFTDiffusion(tok, **p),
 }
 
-TRAJECTORY_OBJECTIVES = frozenset({"agent_sft_ar", "agent_sft_diffusion"})
-
-
 def objective_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_objective(name: str, tokenizer: Any, **params: Any) -> Any:
+def build_objective(name: str, tokenizer: Any, **params: Any) -> Objective:
     """Instantiate a registered objective; unknown names or params are clear errors."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown objective {name!r}; choose one of {objective_names()}")
@@ -86,7 +100,7 @@ def build_objective(name: str, tokenizer: Any, **params: Any) -> Any:
 
 
 __all__ = [
-    "IGNORE", "Batch", "Choice", "TrainingExample", "collate", "example_loss", "build_objective",
-    "objective_names", "TRAJECTORY_OBJECTIVES", "CausalLM", "PrefixLM", "SpanCorruption", "CodeGen2Infill",
+    "AR_DECODER", "IGNORE", "Batch", "Choice", "DecoderSpec", "Objective", "TrainingExample", "collate",
+    "example_loss", "build_objective", "max_input_length", "mixture_decoder", "objective_names", "CausalLM", "PrefixLM", "SpanCorruption", "CodeGen2Infill",
     "FIM", "CopySpans", "CopySpansDiffusion", "MaskedDiffusion", "BlockDiffusion", "AgentSFTAR", "AgentSFTDiffusion",
 ]

@@ -26,12 +26,14 @@ cheap extra supervision for copying, which small, briefly pre-trained models oth
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from unimask.model.attention import AttentionStructure
 from unimask.objectives.base import normalised_weights
+from unimask.objectives.contract import AR_DECODER, DecoderSpec, Reads
 from unimask.objectives.diffusion import (
     draw_block_noise,
     noisy_copy_layout,
@@ -71,6 +73,10 @@ def _context_lm(ids: torch.Tensor, action: torch.Tensor, weight: float) -> tuple
 class AgentSFTAR:
     context_weight: float = 0.0
     name: str = "agent_sft_ar"
+    reads: ClassVar[Reads] = "trajectory"
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n
@@ -100,6 +106,13 @@ class AgentSFTDiffusion:
     eps: float = 1e-3
     shift: bool = False  # Dream-style shifted targets (objectives.diffusion.shift_targets)
     name: str = "agent_sft_diffusion"
+    reads: ClassVar[Reads] = "trajectory"
+
+    def decoder(self) -> DecoderSpec:
+        if not self.aligned:  # the unaligned ablation: plain bidirectional attention
+            return DecoderSpec("masked_diffusion", shift=self.shift)
+        # the aligned layout is context-causal: clean context causal, full attention inside a block
+        return DecoderSpec("block_diffusion", self.block_size, "causal", self.shift)
 
     def max_length(self, n: int) -> int:
         return 2 * n + (n // 2 if self.pad_final_block else 0) if self.aligned else n

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, continues, next_token_labels, normalised_weights
+from unimask.objectives.contract import AR_DECODER, DecoderSpec, Reads
 from unimask.objectives.example import IGNORE, TrainingExample
 
 
@@ -23,6 +25,10 @@ class CausalLM:
     """Next-token prediction; no target crosses a document boundary."""
 
     name: str = "causal"
+    reads: ClassVar[Reads] = "window"
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n
@@ -41,6 +47,10 @@ class PrefixLM:
 
     min_prefix: int = 1
     name: str = "prefix_lm"
+    reads: ClassVar[Reads] = "window"
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n

@@ -24,6 +24,7 @@ source.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from unimask.model.attention import AttentionStructure
 from unimask.objectives.base import Window, continues, next_token_labels, normalised_weights
+from unimask.objectives.contract import AR_DECODER, DecoderSpec, Reads
 from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, noisy_targets, shift_targets
 from unimask.objectives.example import IGNORE, TrainingExample
 
@@ -106,11 +108,15 @@ class CopySpans:
     repeats: int = 1
     lm_weight: float = 0.5
     name: str = "copy"
+    reads: ClassVar[Reads] = "window"
 
     def __post_init__(self) -> None:
         _check_spans(self.min_span, self.max_span, self.repeats)
         if not 0 <= self.lm_weight < 1:
             raise ValueError(f"lm_weight is the LM share of the loss, in [0, 1); got {self.lm_weight}")
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n
@@ -145,6 +151,7 @@ class CopySpansDiffusion:
     eps: float = 1e-3
     shift: bool = False
     name: str = "copy_diffusion"
+    reads: ClassVar[Reads] = "window"
 
     def __post_init__(self) -> None:
         _check_spans(self.min_span, self.max_span, self.repeats)
@@ -154,6 +161,9 @@ class CopySpansDiffusion:
     @property
     def clean_attention(self) -> str:
         return "causal"
+
+    def decoder(self) -> DecoderSpec:
+        return DecoderSpec("block_diffusion", self.block_size, self.clean_attention, self.shift)
 
     def max_length(self, n: int) -> int:
         return n + self.repeats * self.max_span

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, continues, next_token_labels
+from unimask.objectives.contract import DecoderSpec, Reads
 from unimask.objectives.example import IGNORE, TrainingExample
 
 CleanAttention = Literal["causal", "block"]
@@ -149,6 +150,10 @@ class MaskedDiffusion:
     eps: float = 1e-3
     shift: bool = False
     name: str = "masked_diffusion"
+    reads: ClassVar[Reads] = "window"
+
+    def decoder(self) -> DecoderSpec:
+        return DecoderSpec("masked_diffusion", shift=self.shift)
 
     def max_length(self, n: int) -> int:
         return n
@@ -178,6 +183,7 @@ class BlockDiffusion:
     eps: float = 1e-3
     shift: bool = False
     name: str = "block_diffusion"
+    reads: ClassVar[Reads] = "window"
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -185,6 +191,9 @@ class BlockDiffusion:
         if self.ar_weight > 0 and self.clean_attention != "causal":
             raise ValueError("ar_weight > 0 needs clean_attention='causal' (a block-causal clean half sees "
                              "the next token inside its own block)")
+
+    def decoder(self) -> DecoderSpec:
+        return DecoderSpec("block_diffusion", self.block_size, self.clean_attention, self.shift)
 
     def max_length(self, n: int) -> int:
         return 2 * n

@@ -13,14 +13,17 @@ Every token is scored with next-token prediction, as in the paper; other pieces 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, doc_pieces, next_token_labels, normalised_weights
+from unimask.objectives.contract import AR_DECODER, DecoderSpec, Reads
 from unimask.objectives.example import TrainingExample
 from unimask.tokenizer import Tokenizer
+from unimask.tokenizer.formats import FIM_PSM, FIM_SPM
 
 
 @dataclass
@@ -30,11 +33,15 @@ class FIM:
     spm_rate: float = 0.5
     max_fim_pieces: int = 2  # per window; bounds the length growth from re-tokenisation
     name: str = "fim"
+    reads: ClassVar[Reads] = "window"
 
     def __post_init__(self) -> None:
         for k in ("fim_rate", "spm_rate"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise ValueError(f"{k} must be in [0, 1], got {getattr(self, k)}")
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n + 8 * self.max_fim_pieces
@@ -44,9 +51,8 @@ class FIM:
         text = tok.decode(piece)
         a, b = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
         pre, mid, suf = (tok.encode(t) for t in (text[:a], text[a:b], text[b:]))
-        if rng.random() < self.spm_rate:
-            return [tok.fim_prefix_id, tok.fim_suffix_id, *suf, tok.fim_middle_id, *pre, *mid]
-        return [tok.fim_prefix_id, *pre, tok.fim_suffix_id, *suf, tok.fim_middle_id, *mid]
+        form = FIM_SPM if rng.random() < self.spm_rate else FIM_PSM
+        return form.ids(pre, suf, tok) + mid
 
     def __call__(self, raw: Window, rng: np.random.Generator) -> TrainingExample:
         tokens = raw.tokens.long().tolist()

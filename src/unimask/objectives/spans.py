@@ -13,14 +13,18 @@ The loss covers the target side (after ``<sep>``); ``score_context=True`` adds t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from unimask.model.attention import AttentionStructure, positions_from_segments
 from unimask.objectives.base import Window, doc_pieces, normalised_weights, sample_span_mask
+from unimask.objectives.contract import AR_DECODER, DecoderSpec, Reads
 from unimask.objectives.example import IGNORE, TrainingExample
 from unimask.tokenizer import Tokenizer
+from unimask.tokenizer.formats import codegen2_targets
+from unimask.tokenizer.special import NUM_SENTINELS
 
 
 @dataclass
@@ -34,13 +38,17 @@ class _SpanObjective:
     min_piece: int = 4  # shorter document pieces stay uncorrupted
     score_context: bool = False
     name: str = ""
+    reads: ClassVar[Reads] = "window"
 
     def __post_init__(self) -> None:
-        if self.max_spans > len(self.tokenizer.sentinel_ids):
-            raise ValueError(f"max_spans {self.max_spans} > {len(self.tokenizer.sentinel_ids)} sentinel tokens")
+        if self.max_spans > NUM_SENTINELS:  # every unimask tokenizer has exactly these sentinels
+            raise ValueError(f"max_spans {self.max_spans} > {NUM_SENTINELS} sentinel tokens")
         lo, hi = self.mask_ratio
         if not 0 <= lo <= hi < 1:
             raise ValueError(f"mask_ratio must satisfy 0 <= lo <= hi < 1, got {self.mask_ratio}")
+
+    def decoder(self) -> DecoderSpec:
+        return AR_DECODER
 
     def max_length(self, n: int) -> int:
         return n + 5 * self.max_spans
@@ -112,8 +120,4 @@ class CodeGen2Infill(_SpanObjective):
     name: str = "codegen2_infill"
 
     def _format(self, ctx: list[int], spans: list[list[int]]) -> tuple[list[int], int]:
-        tok = self.tokenizer
-        tgt = [tok.eos_id, tok.sep_id]
-        for k, span in enumerate(spans):
-            tgt += [tok.sentinel_ids[k], *span, tok.eom_id]
-        return ctx + tgt, len(ctx) + 1
+        return ctx + codegen2_targets(spans, self.tokenizer), len(ctx) + 1

@@ -1,6 +1,6 @@
 """``load_backbone``: a unimask checkpoint or a local Hugging Face directory -> a ``Backbone``.
 
-A unimask checkpoint's ``extra["backbone"]`` (written by the trainer) picks the decoder:
+A unimask checkpoint's ``extra`` (the trainer's ``DecoderSpec``) picks the decoder:
 ``"ar"`` -> AR with KV cache; ``"block_diffusion"`` -> block diffusion with an exact KV cache;
 ``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches; ``extra["shift"]`` marks a
 shifted (Dream-style) diffusion model. A directory with a
@@ -15,9 +15,15 @@ from typing import Any
 
 import torch
 
+from unimask.model import load_checkpoint
+from unimask.model.hf import HFCausalLM
+from unimask.objectives.contract import DecoderSpec
 from unimask.sampling.ar import ARBackbone
 from unimask.sampling.backbone import Backbone
 from unimask.sampling.diffusion import DiffusionBackbone
+
+# DecoderSpec.backbone -> DiffusionBackbone mode: exact-cache block decoding, or LLaDA-style full decoding
+DIFFUSION_MODES = {"block_diffusion": "block", "masked_diffusion": "full"}
 
 
 def default_device() -> str:
@@ -25,9 +31,6 @@ def default_device() -> str:
 
 
 def load_backbone(path: str | Path, device: str | None = None, **decoding_defaults: Any) -> Backbone:
-    from unimask.model import load_checkpoint
-    from unimask.model.hf import HFCausalLM
-
     path = Path(path)
     device = device or default_device()
     config = path / "config.json"
@@ -38,12 +41,10 @@ def load_backbone(path: str | Path, device: str | None = None, **decoding_defaul
         model = HFCausalLM(path, device=device)
         return ARBackbone(model, model.tokenizer, device=device, kind="hf", **decoding_defaults)
     model, tokenizer, extra = load_checkpoint(path, device=device)
-    kind = extra.get("backbone", "ar")
-    if kind == "ar":
+    spec = DecoderSpec.from_extra(extra)
+    if spec.backbone == "ar":
         return ARBackbone(model, tokenizer, device=device, **decoding_defaults)
-    if kind in ("block_diffusion", "masked_diffusion"):
-        mode = "block" if kind == "block_diffusion" else "full"
-        block = int(extra.get("block_size", 16))
-        return DiffusionBackbone(model, tokenizer, mode=mode, block_length=block, device=device,
-                                 shift=bool(extra.get("shift", False)), **decoding_defaults)
-    raise ValueError(f"{path}: unknown backbone kind {kind!r} in config.json extra")
+    if spec.backbone in DIFFUSION_MODES:
+        return DiffusionBackbone(model, tokenizer, mode=DIFFUSION_MODES[spec.backbone], block_length=spec.block_size,
+                                 device=device, shift=spec.shift, **decoding_defaults)
+    raise ValueError(f"{path}: unknown backbone kind {spec.backbone!r} in config.json extra")

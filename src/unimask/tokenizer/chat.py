@@ -10,6 +10,7 @@ This is the one format the multi-turn SFT objective, the agent runtime and the s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -93,8 +94,6 @@ _MARKER_ROLES = {v: k for k, v in ROLE_MARKERS.items()}
 
 def parse_rendered(text: str) -> list[Turn]:
     """Inverse of ``render_text`` for complete turns (a trailing generation prompt is ignored)."""
-    import re
-
     pattern = "(" + "|".join(re.escape(m) for m in ROLE_MARKERS.values()) + ")"
     parts = re.split(pattern, text)
     turns = []

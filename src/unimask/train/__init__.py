@@ -2,14 +2,7 @@
 with exact resume, atomic keep-last-K checkpoints, metrics and periodic per-objective validation."""
 
 from unimask.train.config import DataSection, ModelSection, ObjectiveSpec, OptimSection, TrainConfig
+from unimask.train.trainer import Trainer, TrainResult, infer_backbone, train
 
-__all__ = ["DataSection", "ModelSection", "ObjectiveSpec", "OptimSection", "TrainConfig", "Trainer", "TrainResult", "train"]
-
-
-def __getattr__(name: str):
-    # The loop pulls in torch.distributed and friends; keep `import unimask.train` light for the CLI.
-    if name in ("Trainer", "TrainResult", "train", "infer_backbone"):
-        from unimask.train import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(name)
+__all__ = ["DataSection", "ModelSection", "ObjectiveSpec", "OptimSection", "TrainConfig", "Trainer", "TrainResult",
+           "infer_backbone", "train"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from unimask.objectives import build_objective
 from unimask.objectives.example import Batch, TrainingExample, collate
 from unimask.train.config import ObjectiveSpec
 from unimask.train.sources import RawSource
@@ -39,8 +40,6 @@ class WeightedMixture:
 
 def build_objective_fn(specs: Sequence[ObjectiveSpec], tokenizer: Any) -> WeightedMixture:
     """Instantiate each named objective from ``unimask.objectives`` and mix them by weight."""
-    from unimask.objectives import build_objective
-
     objs = [build_objective(s.name, tokenizer, **s.params) for s in specs if s.weight > 0]
     kept = [s for s in specs if s.weight > 0]
     return WeightedMixture(objs, [s.weight for s in kept], [s.name for s in kept])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from unimask.io import atomic_dir, atomic_path
+from unimask.model import save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -81,8 +82,6 @@ def save_training_checkpoint(
     keep_last_k: int,
 ) -> Path:
     """Write ``step_{step}`` atomically (model + trainer state), then prune to the newest ``keep_last_k``."""
-    from unimask.model import save_checkpoint
-
     final = checkpoint_root(out_dir) / f"step_{step:08d}"
     with atomic_dir(final) as tmp:
         # save_checkpoint writes its own dir atomically; pointing it at our (empty) temp dir

@@ -1,8 +1,8 @@
-"""Process-group set-up from ``torchrun``'s environment and DDP / FSDP2 wrapping.
+"""Process-group set-up from ``torchrun``'s environment, and the collectives the loop uses.
 
 There is no launcher here: ``torchrun --nproc_per_node N -m unimask train CONFIG`` sets
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and this module only reads them. Backend: NCCL on CUDA,
-gloo otherwise.
+gloo otherwise. How the model is replicated or sharded is ``train.parallelize``.
 """
 
 from __future__ import annotations
@@ -55,31 +55,6 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
-
-
-def wrap_model(model: torch.nn.Module, strategy: str, info: DistInfo, device: torch.device) -> torch.nn.Module:
-    """DDP (replicated weights, all-reduced grads) or FSDP2 (``fully_shard`` per block, then root)."""
-    if not info.enabled:
-        return model
-    if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [device.index] if device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for block in transformer_blocks(model):
-            fully_shard(block)
-        fully_shard(model)
-        return model
-    raise ValueError(f"unknown distributed strategy {strategy!r}; use ddp or fsdp")
-
-
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated layers (the largest ``ModuleList``), the natural FSDP sharding unit."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

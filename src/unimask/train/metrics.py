@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from unimask.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -30,18 +33,15 @@ class MetricsLogger:
         self._truncate_after(start_step)
         self._file = self.path.open("a", encoding="utf-8")
         if tensorboard:
+            # tensorboard is slow to import and unused with tensorboard=false
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
         if progress:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from unimask.cli_utils import console
-
             self._progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-                TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+                TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss=float("nan"), tps=0.0)

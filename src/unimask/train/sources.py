@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from unimask.data import PackedLoader
 from unimask.tokenizer import Tokenizer
 from unimask.tokenizer.chat import Turn, TurnSequence, render_turns
 
@@ -34,8 +35,6 @@ class PackedSource:
         self, data_dir: str | Path, split: str, seq_len: int, rank: int = 0, world_size: int = 1,
         seed: int = 0, epochs: int | None = None,
     ) -> None:
-        from unimask.data import PackedLoader
-
         kwargs: dict[str, Any] = {"rank": rank, "world_size": world_size, "seed": seed}
         if epochs is not None:
             kwargs.update(epochs=epochs, shuffle=False)

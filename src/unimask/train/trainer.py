@@ -9,10 +9,8 @@ data cursor, RNG -- is in the checkpoint, so resuming reproduces an uninterrupte
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from unimask.config import ConfigError, save_config, to_dict
-from unimask.evals.loss import autocast_context, validation_loss
+from unimask.model import load_checkpoint
+from unimask.objectives import build_objective, mixture_decoder
 from unimask.objectives.example import Batch, example_loss
 from unimask.train import checkpoint as ckpt
 from unimask.train.batches import MicroBatches, ObjectiveFn, build_objective_fn
@@ -30,59 +30,29 @@ from unimask.train.config import ObjectiveSpec, TrainConfig
 from unimask.train.distributed import (
     all_reduce_mean,
     barrier,
+    cleanup,
     gather_objects,
     init_distributed,
-    wrap_model,
 )
+from unimask.train.factories import amp_dtype_for, build_model, build_source, load_tokenizer, model_config
 from unimask.train.metrics import MetricsLogger
 from unimask.train.optim import build_optimizer, lr_at
+from unimask.train.parallelize import Parallelism, parallelize
+from unimask.train.preemption import StopFlag
+from unimask.train.validation import autocast_context, validation_loss
+
+log = logging.getLogger(__name__)
 
 # A probe run at every evaluation beside the validation loss (e.g. the induction metric):
 # model -> {metric name: value}; every rank calls it, so it may use collectives.
 EvalHook = Callable[[torch.nn.Module], dict[str, float]]
 
-AR_OBJECTIVES = {"causal", "prefix_lm", "span_corruption", "codegen2_infill", "codegen2", "fim", "copy", "agent_sft_ar"}
-
 
 def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> dict[str, Any]:
-    """What decoder a checkpoint trained on ``objectives`` needs (recorded in its ``extra``).
-
-    With a tokenizer the diffusion objective is instantiated, so its own defaults (block size,
-    clean attention, aligned) are what gets recorded, not a second copy of them here.
-    """
-    active = [o for o in objectives if o.weight > 0]
-    names = {o.name for o in active}
-    if names <= AR_OBJECTIVES:
-        return {"backbone": "ar"}
-    block = [o for o in active if o.name in ("block_diffusion", "agent_sft_diffusion", "copy_diffusion")]
-    masked = [o for o in active if o.name == "masked_diffusion"]
-    if block and masked:
-        raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
-    if not block and not masked:
-        raise ConfigError(f"objectives {sorted(names)} are not known to the trainer's backbone table")
-    shifts = {bool(o.params.get("shift", False)) for o in block + masked}
-    if len(shifts) > 1:
-        raise ConfigError("mixing shifted and unshifted diffusion objectives gives no single decoder; set the same "
-                          "`shift` on every diffusion objective")
-    shift = {"shift": True} if shifts == {True} else {}  # absent means unshifted, as in older checkpoints
-    if masked:
-        return {"backbone": "masked_diffusion", **shift}
-    spec = block[0]
-    settings = dict(spec.params)
-    if tokenizer is not None:
-        from unimask.objectives import build_objective
-
-        obj = build_objective(spec.name, tokenizer, **spec.params)
-        settings = {k: getattr(obj, k) for k in ("block_size", "clean_attention", "aligned") if hasattr(obj, k)}
-    if settings.get("aligned", True) is False:
-        return {"backbone": "masked_diffusion", **shift}  # the unaligned ablation: plain bidirectional attention
-    # the aligned agent layout is context-causal: clean context causal, full attention inside a block
-    return {
-        "backbone": "block_diffusion",
-        "block_size": int(settings.get("block_size", 16)),
-        "clean_attention": str(settings.get("clean_attention", "causal")),
-        **shift,
-    }
+    """What decoder a checkpoint trained on ``objectives`` needs, as recorded in its ``extra``:
+    ``DecoderSpec.to_extra()`` of the active objectives' ``mixture_decoder`` (each objective says its own)."""
+    active = [build_objective(o.name, tokenizer, **o.params) for o in objectives if o.weight > 0]
+    return mixture_decoder(active).to_extra()
 
 
 @dataclass
@@ -94,45 +64,6 @@ class TrainResult:
     tokens: int = 0
     eval: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False  # stopped early by SIGTERM/SIGINT (checkpointed; rerun to resume)
-
-
-def model_config(model: torch.nn.Module) -> Any:
-    """The model's config object (``Transformer.cfg``; ``.config`` for Hugging Face-style modules)."""
-    return getattr(model, "cfg", None) or getattr(model, "config", None)
-
-
-def amp_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def build_model(cfg: TrainConfig, tokenizer: Any) -> torch.nn.Module:
-    from unimask.model import Transformer
-    from unimask.presets import model_preset
-
-    mcfg = model_preset(cfg.model.preset)
-    overrides = dict(cfg.model.overrides)
-    overrides.setdefault("vocab_size", tokenizer.vocab_size)
-    valid = {f.name for f in dataclasses.fields(mcfg)}
-    bad = sorted(set(overrides) - valid)
-    if bad:
-        raise ConfigError(f"model.overrides has unknown field {bad[0]!r}; ModelConfig fields: {', '.join(sorted(valid))}")
-    from unimask.config import from_dict
-
-    base = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg) if f.init}
-    mcfg = from_dict(type(mcfg), {**base, **overrides}, prefix="model.overrides.")
-    return Transformer(mcfg)
-
-
-def _load_tokenizer(cfg: TrainConfig) -> Any:
-    from unimask.tokenizer import Tokenizer
-
-    if cfg.data.tokenizer:
-        return Tokenizer.load(cfg.data.tokenizer)
-    if cfg.data.kind == "packed" and cfg.data.dir:
-        return Tokenizer.load(cfg.data.dir)
-    raise ConfigError("no tokenizer: set data.dir (a prepared data dir), data.tokenizer, or init_from")
 
 
 class Trainer:
@@ -153,17 +84,16 @@ class Trainer:
         self.cfg = cfg
         self.eval_hooks = list(eval_hooks)
         self.info, self.device = init_distributed(cfg.device)
+        self.parallel = Parallelism(cfg.distributed, self.info)
         self.amp_dtype = amp_dtype_for(cfg, self.device)
         self.out_dir = Path(cfg.out_dir)
         self.init_extra: dict[str, Any] = {}
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
         if cfg.init_from and model is None:
-            from unimask.model import load_checkpoint
-
             model, loaded_tok, self.init_extra = load_checkpoint(cfg.init_from)
             tokenizer = tokenizer or loaded_tok
-        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
         self.raw_model = model if model is not None else build_model(cfg, self.tokenizer)
         vocab = getattr(model_config(self.raw_model), "vocab_size", None)
         if vocab is not None and hasattr(self.tokenizer, "check_vocab"):
@@ -204,21 +134,8 @@ class Trainer:
             )
 
     def _make_source(self, split: str, finite: bool = False) -> Any:
-        from unimask.train.sources import PackedSource, TrajectorySource
-
-        d = self.cfg.data
         rank, world = (0, 1) if (self.global_stream or finite) else (self.info.rank, self.info.world_size)
-        epochs = 1 if finite else None
-        if d.kind == "packed":
-            if not d.dir:
-                raise ConfigError("data.kind=packed needs data.dir (run `unimask data prepare` first)")
-            return PackedSource(d.dir, split, d.seq_len, rank, world, self.cfg.seed, epochs=epochs)
-        path = d.train_path if split == "train" else d.val_path
-        if not path:
-            if split == "train":
-                raise ConfigError("data.kind=trajectories needs data.train_path (a JSONL of {'turns': [...]})")
-            return None
-        return TrajectorySource(path, self.tokenizer, d.max_len, self.cfg.seed, epochs, rank, world)
+        return build_source(self.cfg, self.tokenizer, split, rank, world, finite)
 
     def _tokens_per_step(self) -> int:
         per_example = self.cfg.data.seq_len if self.cfg.data.kind == "packed" else self.cfg.data.max_len
@@ -245,8 +162,6 @@ class Trainer:
 
     def _val_objectives(self) -> dict[str, ObjectiveFn]:
         if self.val_objectives is None:
-            from unimask.objectives import build_objective
-
             self.val_objectives = {
                 s.name: build_objective(s.name, self.tokenizer, **s.params) for s in self.cfg.objectives if s.weight > 0
             }
@@ -257,31 +172,19 @@ class Trainer:
         return {**self.backbone, "train_config": to_dict(self.cfg), "step": self.step, "tokens": self.tokens,
                 "init_from": self.cfg.init_from or None}
 
-    def _optimizer_state(self) -> Any:
-        if self.info.enabled and self.cfg.distributed == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        return self.optimizer.state_dict()
-
     def _full_model_for_save(self) -> torch.nn.Module:
-        if self.info.enabled and self.cfg.distributed == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            if not self.info.is_main:
-                return self.raw_model
-            if not hasattr(self, "_save_copy"):
-                # FSDP modules cannot be deep-copied; an unsharded twin built from the config
-                # receives the gathered full state dict.
-                self._save_copy = type(self.raw_model)(model_config(self.raw_model))
-            self._save_copy.load_state_dict(sd)
-            return self._save_copy
-        return self.raw_model
+        sd = self.parallel.full_state_dict(self.model)  # a collective: every rank gathers
+        if sd is None or not self.info.is_main:
+            return self.raw_model
+        if not hasattr(self, "_save_copy"):
+            # FSDP modules cannot be deep-copied; an unsharded twin built from the config
+            # receives the gathered full state dict.
+            self._save_copy = type(self.raw_model)(model_config(self.raw_model))
+        self._save_copy.load_state_dict(sd)
+        return self._save_copy
 
     def save(self) -> Path | None:
-        opt_state = self._optimizer_state()
+        opt_state = self.parallel.optimizer_state(self.model, self.optimizer)
         model_for_save = self._full_model_for_save()
         per_rank = gather_objects({"data": self.stream.state_dict(), "rng": ckpt.rng_state()}, self.info)
         path = None
@@ -290,7 +193,7 @@ class Trainer:
                 "step": self.step,
                 "tokens": self.tokens,
                 "optimizer": opt_state,
-                "optimizer_format": "fsdp_full" if (self.info.enabled and self.cfg.distributed == "fsdp") else "plain",
+                "optimizer_format": self.parallel.optimizer_format,
                 "world_size": self.info.world_size,
                 "global_stream": self.global_stream,
                 "ranks": per_rank,
@@ -302,26 +205,18 @@ class Trainer:
         return path
 
     def _load_weights(self, ckpt_dir: Path) -> None:
-        from unimask.model import load_checkpoint
-
         loaded, _, _ = load_checkpoint(ckpt_dir)
         self.raw_model.load_state_dict(loaded.state_dict())
 
     def _resume_state(self, ckpt_dir: Path) -> None:
         state = ckpt.load_state(ckpt_dir)
-        fmt = "fsdp_full" if (self.info.enabled and self.cfg.distributed == "fsdp") else "plain"
+        fmt = self.parallel.optimizer_format
         if state["optimizer_format"] != fmt:
             raise ValueError(
                 f"{ckpt_dir} was saved with optimizer format {state['optimizer_format']!r} but this run uses {fmt!r}; "
                 "resume with the same distributed strategy or start a new out_dir with init_from"
             )
-        if fmt == "fsdp_full":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         ranks = state["ranks"]
         if len(ranks) != self.info.world_size and not (state["global_stream"] and self.global_stream):
             raise ValueError(
@@ -336,13 +231,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _micro_step(self, batch: Batch, sync: bool) -> tuple[torch.Tensor, int]:
         batch = batch.to(self.device)
-        ddp = self.info.enabled and self.cfg.distributed == "ddp"
-        if self.info.enabled and self.cfg.distributed == "fsdp":
-            self.model.set_requires_gradient_sync(sync)
-        ctx = self.model.no_sync() if (ddp and not sync) else contextlib.nullcontext()
-        with ctx:
+        with self.parallel.grad_sync(self.model, sync):
             with autocast_context(self.device, self.amp_dtype):
-                attention = None if _is_plain_causal(batch) else batch.attention
+                attention = None if batch.attention.is_plain_causal() else batch.attention
                 logits = self.model(batch.input_ids, attention)
             loss = example_loss(logits, batch.labels, batch.loss_weights).mean()
             (loss / self.cfg.grad_accum).backward()
@@ -359,9 +250,7 @@ class Trainer:
         raws = self._val_raws()
         if not raws:
             if self.info.is_main and not getattr(self, "_warned_no_val", False):
-                from unimask.cli_utils import console
-
-                console.print("[yellow]warning:[/] eval_interval > 0 but there is no validation data; skipping evals")
+                log.warning("eval_interval > 0 but there is no validation data; skipping evals")
                 self._warned_no_val = True
             return {}
         per = len(raws) // self.info.world_size
@@ -370,8 +259,6 @@ class Trainer:
 
         def reduce(t: torch.Tensor) -> torch.Tensor:
             if self.info.enabled:
-                import torch.distributed as dist
-
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
             return t
 
@@ -379,14 +266,7 @@ class Trainer:
             self.model, mine, self._val_objectives(), self.tokenizer.pad_id, self.device,
             self.cfg.micro_batch_size, self.amp_dtype, seed=self.cfg.seed + 1, reduce=reduce, offset=lo,
         )
-        if self.info.enabled and self.cfg.distributed == "fsdp":
-            # no-grad forwards leave FSDP2 roots unsharded; reshard so parameters are the
-            # sharded ones the optimizer holds (state-dict gathering keys on them)
-            from torch.distributed.fsdp import FSDPModule
-
-            for m in self.raw_model.modules():
-                if isinstance(m, FSDPModule):
-                    m.reshard()
+        self.parallel.after_eval(self.raw_model)
         return out
 
     def fit(self) -> TrainResult:
@@ -397,8 +277,7 @@ class Trainer:
             save_config(cfg, self.out_dir / "config.yaml")
         if resume_from is not None:
             self._load_weights(resume_from)
-        self.raw_model.to(self.device)
-        self.model = wrap_model(self.raw_model, cfg.distributed, info, self.device)
+        self.model = parallelize(self.raw_model, cfg.distributed, info, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         if resume_from is not None:
             self._resume_state(resume_from)
@@ -410,7 +289,7 @@ class Trainer:
                                tensorboard=cfg.tensorboard, progress=cfg.progress)
         result = TrainResult(self.step, self.out_dir, resume_from)
         last_saved = self.step if resume_from is not None else -1
-        stop = _StopFlag()
+        stop = StopFlag()
         try:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
@@ -458,48 +337,8 @@ class Trainer:
         return result
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT (preemption, Ctrl-C) end the run after the current step with a checkpoint."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self.previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.flag = True
-
-    def requested(self, info: Any, device: torch.device) -> bool:
-        if not info.enabled:
-            return self.flag
-        t = torch.tensor([float(self.flag)], device=device)
-        return bool(all_reduce_mean(t, info) > 0)  # every rank stops at the same step
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def _is_plain_causal(batch: Batch) -> bool:
-    """True when every row is one causal document with positions 0..L-1 (SDPA's fast path applies)."""
-    a = batch.attention
-    L = a.seq_len
-    ar = torch.arange(L, device=a.doc_ids.device)
-    return bool(
-        (a.doc_ids == a.doc_ids[:, :1]).all()
-        and (a.doc_ids >= 0).all()
-        and not a.noisy.any()
-        and (a.block_ids == ar).all()
-        and (a.position_ids == ar).all()
-    )
-
-
 def train(cfg: TrainConfig, **components: Any) -> TrainResult:
     """Run (or resume) training as configured; see ``Trainer`` for injectable components."""
-    from unimask.train.distributed import cleanup
-
     trainer = Trainer(cfg, **components)
     try:
         result = trainer.fit()

@@ -1,4 +1,4 @@
-"""CLI: ``unimask serve CKPT`` -- an OpenAI-compatible HTTP server for any backbone."""
+"""``unimask serve CKPT`` -- an OpenAI-compatible HTTP server for any backbone."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import typer
+import uvicorn
 
-from unimask.cli_utils import console, friendly_errors
+from unimask.cli.common import console, friendly_errors
+from unimask.sampling import load_backbone
+from unimask.serve.app import ServeConfig, create_app
 
 
 def serve(
@@ -21,11 +24,6 @@ def serve(
     device: str = typer.Option("", help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
 ) -> None:
     """Serve /v1/models, /v1/completions and /v1/chat/completions (tools, streaming)."""
-    import uvicorn
-
-    from unimask.sampling import load_backbone
-    from unimask.serve.app import ServeConfig, create_app
-
     with friendly_errors():
         backbone = load_backbone(checkpoint, device=device or None)
     cfg = ServeConfig(
@@ -37,7 +35,3 @@ def serve(
     console.print(f"serving [bold]{cfg.model_name}[/] ({backbone.kind}) on http://{host}:{port}/v1")
     uvicorn.run(create_app(backbone, cfg), host=host, port=port, log_level="info")
 
-
-def register(root: typer.Typer) -> None:
-    """Mount ``unimask serve``."""
-    root.command("serve")(serve)

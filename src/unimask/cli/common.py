@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: extra ``--dotted.key value`` overrides and friendly error exits."""
+"""Shared CLI plumbing: the console, extra ``--dotted.key value`` overrides, friendly error exits."""
 
 from __future__ import annotations
 

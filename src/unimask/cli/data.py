@@ -1,12 +1,16 @@
-"""CLI: ``unimask data prepare|stats|preview``."""
+"""``unimask data prepare|stats|preview``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
-from unimask.cli_utils import OVERRIDES, config_and_overrides, console, friendly_errors
+from unimask.cli.common import OVERRIDES, config_and_overrides, console, friendly_errors
+from unimask.cli.preview import render_preview
+from unimask.config import load_config
+from unimask.data import DataConfig, DataStats, prepare_data
 
 app = typer.Typer(help="Prepare corpora, inspect them, preview objectives.", no_args_is_help=True)
 
@@ -17,9 +21,6 @@ def prepare(
     config: Path = typer.Argument(None, help="data config (YAML/TOML); omit for the stdlib default"),
 ) -> None:
     """Read sources, dedup, split, train/load the tokenizer and write sharded token files."""
-    from unimask.config import load_config
-    from unimask.data import DataConfig, prepare_data
-
     with friendly_errors():
         config, overrides = config_and_overrides(ctx, config)
         out = prepare_data(load_config(DataConfig, config, overrides))
@@ -30,10 +31,6 @@ def prepare(
 def stats(directory: Path = typer.Argument(..., help="a prepared data dir"),
           verify: bool = typer.Option(False, help="re-check every shard's checksum")) -> None:
     """Documents, tokens and shards per split, and per-source counts."""
-    from rich.table import Table
-
-    from unimask.data import DataStats
-
     with friendly_errors():
         s = DataStats.from_dir(directory, verify=verify)
     table = Table(title=f"{s.path} (vocab {s.vocab_size}, {s.dtype})")
@@ -57,12 +54,5 @@ def preview(
     seed: int = typer.Option(0),
 ) -> None:
     """Show one training example: what the model sees, what it attends to, what is scored."""
-    from unimask.objectives.preview import render_preview
-
     with friendly_errors():
         render_preview(objective, data, seq_len, seed)
-
-
-def register(root: typer.Typer) -> None:
-    """Mount ``unimask data ...``."""
-    root.add_typer(app, name="data")

@@ -1,13 +1,20 @@
-"""CLI commands of unimask.envs: ``unimask env build docqa`` and ``unimask env sample docqa``."""
+"""``unimask env build docqa`` and ``unimask env sample docqa``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import typer
+from rich.panel import Panel
+from rich.table import Table
 
-from unimask.cli_utils import console, friendly_errors
+from unimask.agent.loop import LoopConfig, run_episodes
+from unimask.agent.policy import ScriptedPolicy
+from unimask.cli.common import console, friendly_errors
+from unimask.envs.docqa import ByteTokenizer, DocQAEnvironment, build_dataset, oracle_action
+from unimask.tokenizer import Tokenizer
 
 env_app = typer.Typer(help="Agent environments: build corpora/questions/oracle trajectories, inspect them.")
 
@@ -17,16 +24,12 @@ _CACHE = os.environ.get("UNIMASK_CACHE", str(Path.home() / ".cache" / "unimask")
 def _env(name: str, cache_dir: str, difficulty: str):
     if name != "docqa":
         raise typer.BadParameter(f"unknown environment {name!r}; available: docqa")
-    from unimask.envs.docqa import DocQAEnvironment
-
     return DocQAEnvironment(cache_dir=cache_dir, difficulty=difficulty)
 
 
 def _tokenizer(path: str | None):
     if path is None:
         return None  # the oracle then counts UTF-8 bytes (trajectories are text; token ids are not stored)
-    from unimask.tokenizer import Tokenizer
-
     return Tokenizer.load(path)
 
 
@@ -42,10 +45,6 @@ def build(
 ) -> None:
     """Build the corpus, questions and oracle trajectories; print oracle vs trivial-baseline metrics."""
     with friendly_errors():
-        from rich.table import Table
-
-        from unimask.envs.docqa import build_dataset
-
         env = _env(name, cache_dir, difficulty)
         report = build_dataset(env, out, _tokenizer(tokenizer), recovery_rate=recovery_rate, seed=seed)
         table = Table(title=f"{name} ({difficulty}) -> {out}")
@@ -70,10 +69,6 @@ def sample(
 ) -> None:
     """Show N questions (type, hops, gold) and an oracle trajectory."""
     with friendly_errors():
-        import numpy as np
-        from rich.panel import Panel
-        from rich.table import Table
-
         env = _env(name, cache_dir, difficulty)
         tasks = env.tasks(split)
         if not tasks:
@@ -87,14 +82,9 @@ def sample(
             table.add_row(t.id, t.meta["type"], str(t.meta["hops"]), t.question, t.answer)
         console.print(table)
         if chosen:
-            from unimask.agent.loop import LoopConfig, run_episodes
-            from unimask.agent.policy import ScriptedPolicy
-
             rng = np.random.default_rng(seed)
             task = chosen[0]
-            from unimask.envs.docqa import ByteTokenizer
-
-            policy = ScriptedPolicy(lambda turns: env.oracle_action(task, turns, rng, recovery_rate),
+            policy = ScriptedPolicy(lambda turns: oracle_action(env, task, turns, rng, recovery_rate),
                                     _tokenizer(tokenizer) or ByteTokenizer())
             rec = run_episodes(env, [task], policy, LoopConfig(max_rounds=6, max_context_tokens=100_000),
                                progress=False)[0]
@@ -102,7 +92,3 @@ def sample(
                 console.print(Panel(turn["content"], title=turn["role"], expand=False))
             console.print(f"prediction={rec['prediction']!r} gold={rec['answer']!r} em={rec['em']}")
 
-
-def register(root: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
-    root.add_typer(env_app, name="env")

@@ -1,4 +1,4 @@
-"""CLI commands of unimask.train (mounted by unimask.cli): ``unimask train CONFIG [--a.b v ...]``.
+"""``unimask train CONFIG [--a.b v ...]``.
 
 Under ``torchrun --nproc_per_node N -m unimask train CONFIG`` the same command joins the
 process group from torchrun's environment.
@@ -6,11 +6,15 @@ process group from torchrun's environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
+from unimask.cli.common import console, friendly_errors, overrides_from
+from unimask.config import load_config
+from unimask.train.config import TrainConfig
+from unimask.train.trainer import train
 
 
 def train_command(
@@ -19,14 +23,8 @@ def train_command(
 ) -> None:
     """Train (or resume) a model; extra --section.key value pairs override the config."""
     with friendly_errors():
-        from unimask.config import load_config
-        from unimask.train.config import TrainConfig
-        from unimask.train.trainer import train
-
         cfg = load_config(TrainConfig, config, overrides_from(ctx))
         result = train(cfg)
-        import os
-
         if result.interrupted:
             console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint {result.checkpoint} (rerun to resume)")
             raise typer.Exit(130)
@@ -39,8 +37,3 @@ def train_command(
                 + (f", val {ev}" if ev else "")
                 + (f"\ncheckpoint: {result.checkpoint}" if result.checkpoint else "")
             )
-
-
-def register(root: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
-    root.command("train", context_settings=OVERRIDES)(train_command)

@@ -1,4 +1,4 @@
-"""A coloured terminal view of one training example (``unimask data preview``).
+"""``unimask data preview``: a coloured terminal view of one training example.
 
 Shows what the model sees (masks and sentinels highlighted, noisy copies marked), what is
 scored (the target under each scored position) and, for short examples, who attends to whom.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from unimask.objectives import TRAJECTORY_OBJECTIVES, build_objective
+from unimask.agent.protocol import format_action
+from unimask.data import PackedLoader
+from unimask.objectives import build_objective
 from unimask.objectives.example import IGNORE
+from unimask.tokenizer import Tokenizer, train_tokenizer
+from unimask.tokenizer.chat import Turn, render_turns
 
 
 def _snippet_window(tok, seq_len: int):
-    from unimask.objectives.base import Window  # noqa: F401  (the protocol this mimics)
-
+    """A stand-in for ``unimask.objectives.base.Window``: one document, ``json.dumps``'s source."""
     src = inspect.getsource(json.dumps)
     ids = tok.encode(src)[: seq_len - 1] + [tok.eos_id]
 
@@ -34,9 +38,6 @@ def _snippet_window(tok, seq_len: int):
 
 
 def _snippet_trajectory(tok):
-    from unimask.agent.protocol import format_action
-    from unimask.tokenizer.chat import Turn, render_turns
-
     return render_turns([
         Turn("user", "Default of indent in json.dumps?"),
         Turn("assistant", format_action("open", {"doc_id": "json.dumps"}, "open it")),
@@ -46,24 +47,21 @@ def _snippet_trajectory(tok):
 
 
 def render_preview(name: str, data: Path | None, seq_len: int, seed: int, console: Console | None = None) -> None:
-    from unimask.tokenizer import Tokenizer, train_tokenizer
-
     console = console or Console()
     rng = np.random.default_rng(seed)
     if data is not None:
-        from unimask.data import PackedLoader
-
         tok = Tokenizer.load(data)
         raw = next(iter(PackedLoader(data, "val", seq_len, seed=seed)))
     else:
-        import sysconfig
-
         files = sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
         tok = train_tokenizer([f.read_text() for f in files], vocab_size=600)
         raw = _snippet_window(tok, seq_len)
-    if name in TRAJECTORY_OBJECTIVES:
+    objective = build_objective(name, tok)
+    if hasattr(objective, "block_size"):  # short blocks, so that a short preview shows several
+        objective = build_objective(name, tok, block_size=8)
+    if objective.reads == "trajectory":
         raw = _snippet_trajectory(tok)
-    ex = build_objective(name, tok, **({"block_size": 8} if "diffusion" in name else {}))(raw, rng)
+    ex = objective(raw, rng)
     special = tok.special_ids
     seen = Text()
     scored = Text()

@@ -1,4 +1,4 @@
-"""CLI commands of unimask.evals (mounted by unimask.cli): ``unimask eval humaneval|humaneval-infill|loss``.
+"""``unimask eval humaneval|humaneval-infill|loss|sandbox-check``.
 
 Settings not named as options are dotted overrides of the command's config dataclass, e.g.
 ``unimask eval humaneval CKPT --num-samples 20 --temperature 0.8 --decoding.steps 64``.
@@ -11,8 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
 
-from unimask.cli_utils import OVERRIDES, console, friendly_errors, overrides_from
+# Modules, not names: tests swap ``load_backbone`` and ``checkpoint_validation_loss`` on them.
+from unimask import sampling as sampling_lib
+from unimask.cli.common import OVERRIDES, console, friendly_errors, overrides_from
+from unimask.config import load_config
+from unimask.evals import loss as eval_loss
+from unimask.evals.humaneval import HumanEvalConfig, run_humaneval
+from unimask.evals.infill import InfillConfig, run_infill
+from unimask.io import atomic_write_text
+from unimask.sandbox.check import run_checks
 
 eval_app = typer.Typer(
     help="Evaluate checkpoints: HumanEval pass@k, HumanEval infilling, held-out loss.", no_args_is_help=True
@@ -20,23 +32,14 @@ eval_app = typer.Typer(
 
 
 def _backbone(checkpoint: str, device: str) -> Any:
-    try:
-        from unimask.sampling import load_backbone
-    except ImportError:
-        raise ValueError(
-            "unimask.sampling.load_backbone is not available in this build; "
-            "evaluate from Python with run_humaneval(backbone, ...) instead"
-        ) from None
     if not Path(checkpoint).exists():
         raise FileNotFoundError(
             f"checkpoint {checkpoint} does not exist (pass one of ours or a local HF directory)"
         )
-    return load_backbone(checkpoint, device=None if device == "auto" else device)
+    return sampling_lib.load_backbone(checkpoint, device=None if device == "auto" else device)
 
 
 def _decoding(raw: dict[str, Any]) -> dict[str, Any]:
-    import yaml
-
     return {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in raw.items()}
 
 
@@ -44,8 +47,6 @@ class _Progress:
     """A rich progress bar fed by the runners' ``on_progress(done, total)``."""
 
     def __init__(self, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
         self.progress = Progress(
             "[bold]{task.description}",
             BarColumn(),
@@ -70,9 +71,6 @@ class _Progress:
 
 
 def _table(title: str, rows: list[tuple[str, dict]], keys: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     table.add_column("")
     for k in keys:
@@ -104,9 +102,6 @@ def humaneval_command(
 ) -> None:
     """HumanEval pass@k: sample, run in the sandbox, score (completed samples are skipped)."""
     with friendly_errors():
-        from unimask.config import load_config
-        from unimask.evals.humaneval import HumanEvalConfig, run_humaneval
-
         cfg = load_config(HumanEvalConfig, config, overrides_from(ctx))
         if limit is not None:
             cfg.limit = limit
@@ -135,9 +130,6 @@ def infill_command(
 ) -> None:
     """HumanEval infilling (single-line, multi-line, random-span): pass@1 by execution and exact match."""
     with friendly_errors():
-        from unimask.config import load_config
-        from unimask.evals.infill import InfillConfig, run_infill
-
         cfg = load_config(InfillConfig, config, {"format": fmt, "modes": modes, **overrides_from(ctx)})
         if limit is not None:
             cfg.limit = limit
@@ -163,13 +155,10 @@ def loss_command(
 ) -> None:
     """Held-out loss and perplexity per objective (same corruption every run)."""
     with friendly_errors():
-        from unimask.evals.loss import checkpoint_validation_loss
-        from unimask.io import atomic_write_text
-
         names = [o.strip() for o in objectives.split(",") if o.strip()]
         if not names:
             raise ValueError("--objectives is empty; name at least one objective, e.g. causal")
-        res = checkpoint_validation_loss(
+        res = eval_loss.checkpoint_validation_loss(
             checkpoint, data, names, seq_len, num_examples, batch_size, seed, device
         )
         _table(
@@ -183,11 +172,6 @@ def loss_command(
 
 def sandbox_check_command() -> None:
     """Report the sandbox's isolation layers on this machine and run a short hostile battery."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from unimask.evals.sandbox_check import run_checks
-
     layers, results = run_checks()
     out = Console()
     out.print("isolation layers in force: " + ", ".join(layers))
@@ -201,10 +185,7 @@ def sandbox_check_command() -> None:
         raise typer.Exit(1)
 
 
-def register(root: typer.Typer) -> None:
-    """Mount this package's commands on the root app."""
-    eval_app.command("humaneval", context_settings=OVERRIDES)(humaneval_command)
-    eval_app.command("humaneval-infill", context_settings=OVERRIDES)(infill_command)
-    eval_app.command("loss")(loss_command)
-    eval_app.command("sandbox-check")(sandbox_check_command)
-    root.add_typer(eval_app, name="eval")
+eval_app.command("humaneval", context_settings=OVERRIDES)(humaneval_command)
+eval_app.command("humaneval-infill", context_settings=OVERRIDES)(infill_command)
+eval_app.command("loss")(loss_command)
+eval_app.command("sandbox-check")(sandbox_check_command)

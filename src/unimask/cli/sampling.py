@@ -1,4 +1,4 @@
-"""CLI: ``unimask generate CKPT --prompt ...`` and ``unimask infill CKPT --prefix ... --suffix ...``."""
+"""``unimask generate CKPT --prompt ...`` and ``unimask infill CKPT --prefix ... --suffix ...``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import console, friendly_errors
+from unimask.cli.common import console, friendly_errors
+from unimask.sampling import infill as do_infill
+from unimask.sampling import load_backbone
 
 
 def generate(
@@ -22,8 +24,6 @@ def generate(
     device: str = typer.Option("", help="cpu, cuda, ... (default: cuda if available)"),
 ) -> None:
     """Generate continuations with any backbone; prints text, NFE and time."""
-    from unimask.sampling import load_backbone
-
     with friendly_errors():
         backbone = load_backbone(checkpoint, device=device or None)
         given = {k: v for k, v in {"threshold": threshold, "steps": steps, "seed": seed}.items() if v is not None}
@@ -43,17 +43,9 @@ def infill(
     device: str = typer.Option(""),
 ) -> None:
     """Fill the middle between a prefix and a suffix; prints only the middle."""
-    from unimask.sampling import infill as do_infill
-    from unimask.sampling import load_backbone
-
     with friendly_errors():
         backbone = load_backbone(checkpoint, device=device or None)
         g = do_infill(backbone, prefix, suffix, format, max_new_tokens=max_new_tokens)
     console.rule(f"[dim]{format} · NFE {g.nfe} · {g.wall_time:.2f}s[/]")
     typer.echo(g.text)
 
-
-def register(root: typer.Typer) -> None:
-    """Mount ``unimask generate`` and ``unimask infill``."""
-    root.command("generate")(generate)
-    root.command("infill")(infill)

@@ -1,4 +1,4 @@
-"""CLI: ``unimask compare [CONFIG] [--key value ...]`` -- the matched AR-vs-DLLM agent comparison."""
+"""``unimask compare [CONFIG] [--key value ...]`` -- the matched AR-vs-DLLM agent comparison."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from unimask.cli_utils import OVERRIDES, config_and_overrides, friendly_errors
+from unimask.cli.common import config_and_overrides, friendly_errors
+from unimask.config import load_config
+from unimask.experiments.compare import CompareConfig, run_compare
 
 
 def compare(
@@ -14,15 +16,8 @@ def compare(
     config: Path = typer.Argument(None, help="YAML/TOML CompareConfig; omit for the embedded CPU default"),
 ) -> None:
     """Pre-train AR and DLLM, fine-tune both on the same DocQA trajectories, compare the agents."""
-    from unimask.config import load_config
-    from unimask.experiments.compare import CompareConfig, run_compare
-
     with friendly_errors():
         config, overrides = config_and_overrides(ctx, config)
         cfg = load_config(CompareConfig, config, overrides)
     run_compare(cfg)
 
-
-def register(root: typer.Typer) -> None:
-    """Mount ``unimask compare``."""
-    root.command("compare", context_settings=OVERRIDES)(compare)

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from unimask.evals.sandbox import SandboxLimits, run_python
+from unimask.sandbox import SandboxLimits, run_python
 
 
 @dataclass

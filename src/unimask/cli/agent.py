@@ -1,4 +1,4 @@
-"""CLI: ``unimask agent run --backbone CKPT --env NAME --split test``."""
+"""``unimask agent run --backbone CKPT --env NAME --split test``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
-from unimask.cli_utils import console, friendly_errors
+from unimask.agent import LoopConfig, run_episodes
+from unimask.cli.common import console, friendly_errors
+from unimask.envs import get_environment
+from unimask.experiments.report import summarize
+from unimask.io import atomic_write_text
+from unimask.sampling import load_backbone
 
 app = typer.Typer(help="Run agents with real tools.", no_args_is_help=True)
 
@@ -27,13 +33,6 @@ def run(
     device: str = typer.Option(""),
 ) -> None:
     """Run the agent loop on an environment's tasks; writes logs and prints a summary table."""
-    from rich.table import Table
-
-    from unimask.agent import LoopConfig, get_environment, run_episodes
-    from unimask.experiments.report import summarize
-    from unimask.io import atomic_write_text
-    from unimask.sampling import load_backbone
-
     with friendly_errors():
         environment = get_environment(env)
         tasks = environment.tasks(split)[: limit or None]
@@ -56,7 +55,3 @@ def run(
     console.print(table)
     console.print(f"episodes: {log}")
 
-
-def register(root: typer.Typer) -> None:
-    """Mount ``unimask agent ...``."""
-    root.add_typer(app, name="agent")
