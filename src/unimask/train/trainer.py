@@ -24,7 +24,6 @@ import torch
 from unimask.config import ConfigError, save_config, to_dict
 from unimask.evals.loss import autocast_context, validation_loss
 from unimask.objectives.example import Batch, example_loss
-from unimask.objectives.shift import Shifted
 from unimask.train import checkpoint as ckpt
 from unimask.train.batches import MicroBatches, ObjectiveFn, build_objective_fn
 from unimask.train.config import ObjectiveSpec, TrainConfig
@@ -171,12 +170,6 @@ class Trainer:
 
         self.backbone = infer_backbone(cfg.objectives, self.tokenizer if objective is None else None)
         self.objective = objective if objective is not None else build_objective_fn(cfg.objectives, self.tokenizer)
-        # A shifted (Dream-style) model stays shifted: its diffusion targets are scored at their
-        # predecessors and its checkpoints say so, so the sampler decodes it the same way.
-        self.shift = bool(self.init_extra.get("shift", False)) and self.backbone["backbone"] != "ar"
-        if self.shift:
-            self.backbone = {**self.backbone, "shift": True}
-            self.objective = Shifted(self.objective, self.tokenizer.mask_id)
         self.val_objectives = val_objectives
         self.global_stream = cfg.data.sharding == "global"
         self.train_source = train_source if train_source is not None else self._make_source("train")
@@ -252,8 +245,7 @@ class Trainer:
             self.val_objectives = {
                 s.name: build_objective(s.name, self.tokenizer, **s.params) for s in self.cfg.objectives if s.weight > 0
             }
-            if self.shift:
-                self.val_objectives = {k: Shifted(v, self.tokenizer.mask_id) for k, v in self.val_objectives.items()}
+
         return self.val_objectives
 
     # ------------------------------------------------------------------ checkpoint / resume
