@@ -70,6 +70,10 @@ CASES = [(n, {}) for n in objective_names()] + [
     ("agent_sft_diffusion", {"context_weight": 0.5}),
     ("copy", {"repeats": 2, "min_span": 4, "max_span": 8}),
     ("copy_diffusion", {"repeats": 2, "min_span": 4, "max_span": 8, "block_size": 4}),
+    ("block_diffusion", {"ar_weight": 0.5, "block_size": 8, "shift": True}),
+    ("masked_diffusion", {"shift": True}),
+    ("agent_sft_diffusion", {"context_weight": 0.5, "shift": True}),
+    ("copy_diffusion", {"repeats": 2, "min_span": 4, "max_span": 8, "block_size": 4, "shift": True}),
 ]
 
 
@@ -89,14 +93,14 @@ def test_no_target_visible_to_its_predictor(model, tiny_tokenizer, name, params)
     g = torch.Generator().manual_seed(0)
     for i in scored[:: max(1, len(scored) // 4)]:
         # block diffusion's optional AR loss scores clean tokens with next-token targets
-        shifted = name in SHIFTED or (name in ("block_diffusion", "agent_sft_diffusion", "copy_diffusion")
-                                       and not bool(ex.noisy[i]))
+        shifted = name in SHIFTED or params.get("shift", False) or (
+            name in ("block_diffusion", "agent_sft_diffusion", "copy_diffusion") and not bool(ex.noisy[i]))
         if not shifted:
             assert ex.input_ids[i] == tok.mask_id, "a diffusion target must be masked in the input"
         first = ex.position_ids[i] + (1 if shifted else 0)
         hide = (~ex.noisy) & (ex.doc_ids == ex.doc_ids[i]) & (ex.position_ids >= first)
-        if not shifted and not bool(ex.noisy.any()):
-            hide[:] = False  # in-place masking (LLaDA): the only copy of the target is the mask itself
+        if name not in SHIFTED and not bool(ex.noisy.any()):
+            hide[:] = False  # in-place masking (LLaDA, Dream): the only copy of the target is the mask itself
         if not bool(hide.any()):
             continue
         pert = ids.clone()
@@ -277,3 +281,39 @@ def test_golden_examples(tiny_tokenizer):
     assert "<mask_1>" in golden["codegen2_infill"]["text"] and "<sep>" in golden["codegen2_infill"]["text"]
     assert "<eom>" in golden["codegen2_infill"]["text"]
     assert "<fim_middle>" in golden["fim"]["text"]
+
+
+@pytest.mark.parametrize("name,params", [
+    ("block_diffusion", {"block_size": 8, "ar_weight": 0.5}),
+    ("agent_sft_diffusion", {"block_size": 4, "context_weight": 0.5}),
+    ("copy_diffusion", {"repeats": 2, "min_span": 4, "max_span": 8, "block_size": 4}),
+    ("masked_diffusion", {}),
+])
+def test_shifted_targets_sit_one_position_before_their_mask(tiny_tokenizer, name, params):
+    """``shift=True`` is the unshifted example with every diffusion target moved to its predecessor:
+    same inputs and attention; each masked token's clean value is predicted by the position at RoPE
+    position p - 1 (its own noisy block, or the clean token before the block); weight is conserved
+    except for targets with no predecessor."""
+    tok = tiny_tokenizer
+    _, _, plain = make(name, tok, seed=5, **params)
+    _, _, sh = make(name, tok, seed=5, shift=True, **params)
+    for f in ("input_ids", "doc_ids", "block_ids", "noisy", "position_ids"):
+        assert torch.equal(getattr(plain, f), getattr(sh, f)), f
+    one_stream = not bool(plain.noisy.any())
+    diffusion = (plain.labels != IGNORE) & (plain.noisy | one_stream)
+    moved = 0.0
+    for i in diffusion.nonzero().flatten().tolist():
+        assert plain.input_ids[i] == tok.mask_id
+        stream = (plain.noisy == plain.noisy[i]) & (plain.block_ids == plain.block_ids[i]) if plain.noisy[i] \
+            else ~plain.noisy
+        pred = (stream & (plain.doc_ids == plain.doc_ids[i]) & (plain.position_ids == plain.position_ids[i] - 1))
+        if not bool(pred.any()):
+            pred = (~plain.noisy) & (plain.doc_ids == plain.doc_ids[i]) & (plain.position_ids == plain.position_ids[i] - 1)
+        if not bool(pred.any()):
+            continue
+        j = int(pred.nonzero()[0])
+        assert sh.labels[j] == plain.labels[i]
+        moved += float(plain.loss_weights[i])
+    assert moved > 0
+    kept = float(plain.loss_weights[~diffusion].sum())
+    assert sh.loss_weights.sum().item() == pytest.approx(kept + moved, rel=1e-5)

@@ -127,6 +127,69 @@ def test_block_diffusion_cached_decoding_equals_uncached(any_model, tiny_tokeniz
     assert g.nfe == 8  # 4 steps per block, the clean-block commit folded into the next block's first step
 
 
+def _cut(tok, ids: list[int]) -> list[int]:
+    return ids[: next((i for i, t in enumerate(ids) if t in (tok.eos_id, tok.pad_id)), len(ids))]
+
+
+def test_shifted_block_decoding_reads_each_token_from_its_predecessor(any_model, tiny_tokenizer):
+    """``shift=True``: the cached sampler equals an uncached re-forward whose logits for block position
+    j come from position j - 1 (the clean context's last token for j = 0). With one-token blocks that
+    is exactly greedy AR decoding of the same model."""
+    tok = tiny_tokenizer
+    prompt = tok.encode("def f(x):")
+    P = len(prompt)
+    one = DiffusionBackbone(any_model, tok, mode="block", block_length=1, shift=True)
+    g1 = one.generate(["def f(x):"], max_new_tokens=6, threshold=None, stop_token_ids=[])[0]
+    assert g1.token_ids == _cut(tok, reference_greedy(any_model, prompt, 6))
+    d = DiffusionBackbone(any_model, tok, mode="block", block_length=4, shift=True)
+    g = d.generate(["def f(x):"], max_new_tokens=8, threshold=None, stop_token_ids=[])[0]
+    x0 = list(prompt)
+    with torch.no_grad():
+        for s in range(P, P + 8, 4):
+            block = [tok.mask_id] * 4
+            while tok.mask_id in block:
+                L = len(x0)
+                pos = torch.arange(L)
+                st = AttentionStructure(
+                    torch.zeros(1, L + 4, dtype=torch.long),
+                    torch.cat([pos, torch.full((4,), s)])[None],
+                    torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])[None],
+                    torch.cat([pos, torch.arange(s, s + 4)])[None],
+                )
+                out = any_model(torch.tensor([x0 + block]), st)[0]
+                logits = torch.cat([out[L - 1 : L], out[L : L + 3]]).clone()
+                logits[..., tok.mask_id] = float("-inf")
+                conf, arg = logits.softmax(-1).max(-1)
+                conf = torch.where(torch.tensor(block) == tok.mask_id, conf, torch.tensor(-1.0))
+                j = int(conf.argmax())
+                block[j] = int(arg[j])
+            x0 += block
+    assert g.token_ids == _cut(tok, x0[P:])
+
+
+def test_shifted_full_diffusion_is_exact_and_needs_a_prefix(model, tiny_tokenizer):
+    """Dream-style decoding: the masked region's logits are the model's outputs one position earlier."""
+    tok = tiny_tokenizer
+    d = DiffusionBackbone(model, tok, mode="full", block_length=4, shift=True)
+    g = d.generate(["import os"], max_new_tokens=4, threshold=None, steps=4, cache="none", stop_token_ids=[])[0]
+    x = tok.encode("import os") + [tok.mask_id] * 4
+    P = len(x) - 4
+    with torch.no_grad():
+        while tok.mask_id in x:
+            logits = model(torch.tensor([x]))[0, P - 1 : P + 3].clone()
+            logits[..., tok.mask_id] = float("-inf")
+            conf, arg = logits.softmax(-1).max(-1)
+            conf = torch.where(torch.tensor(x[P:]) == tok.mask_id, conf, torch.tensor(-1.0))
+            j = int(conf.argmax())
+            x[P + j] = int(arg[j])
+    assert g.token_ids == _cut(tok, x[P:])
+    for cache in ("prefix", "dual"):
+        c = d.generate(["import os"], max_new_tokens=4, threshold=None, steps=4, cache=cache, stop_token_ids=[])[0]
+        assert c.token_ids[:1] == g.token_ids[:1] and c.nfe == 4
+    with pytest.raises(ValueError, match="shifted"):
+        d.infill("", "x = 1", middle_tokens=4)
+
+
 def test_parallel_decoding_cuts_nfe(model, tiny_tokenizer):
     d = DiffusionBackbone(model, tiny_tokenizer, mode="block", block_length=8)
     slow = d.generate(["x"], max_new_tokens=16, threshold=None)[0]

@@ -68,6 +68,11 @@ def test_backbone_recorded_per_objective_family(tiny_tokenizer) -> None:
     assert unaligned == {"backbone": "masked_diffusion"}
     with pytest.raises(ConfigError, match="pick one"):
         infer_backbone([ObjectiveSpec("masked_diffusion"), ObjectiveSpec("block_diffusion")])
+    shifted = [ObjectiveSpec("block_diffusion", params={"block_size": 8, "shift": True}),
+               ObjectiveSpec("copy_diffusion", params={"block_size": 8, "shift": True})]
+    assert infer_backbone(shifted, tiny_tokenizer)["shift"] is True
+    with pytest.raises(ConfigError, match="shifted and unshifted"):
+        infer_backbone([shifted[0], ObjectiveSpec("copy_diffusion", params={"block_size": 8})])
 
 
 def test_shipped_configs_load_and_bad_keys_are_named() -> None:

@@ -106,7 +106,8 @@ def induction_hook(probes: Sequence[CopyLayout], diffusion: dict[str, Any] | Non
         if diffusion is not None:
             settings = dict(diffusion)
             backbone = DiffusionBackbone(model, tokenizer, mode="block",
-                                         block_length=int(settings.pop("block_length")))
+                                         block_length=int(settings.pop("block_length")),
+                                         shift=bool(settings.pop("shift", False)))
             res = diffusion_induction(backbone, probes, **settings)
             out.update({f"induction/diffusion_{k}": v for k, v in res.items()})
         model.train(was_training)

@@ -62,6 +62,9 @@ class CompareConfig:
     adapt_steps: int = 200  # AR-to-diffusion adaptation steps (dllm_from_ar)
     adapt_lr: float = 3e-4  # gentle: 1e-3 erased the base's induction (loss drop 0.27 -> 0.04)
     block_size: int = 8
+    # Dream's convention for AR-adapted DLLMs: position i predicts token i+1, so the AR base's
+    # next-token circuits (induction) carry over to diffusion decoding
+    dllm_shift: bool = False
     induction_probes: int = 64  # held-out repeated spans scored for every base
     # agent data and fine-tuning
     task_types: list[str] = field(default_factory=lambda: ["module", "default"])
@@ -99,6 +102,10 @@ class CompareConfig:
         """The preset's overrides both arms train with (the vocabulary is the prepared tokenizer's)."""
         return {"vocab_size": self.vocab_size, **self.model_overrides}
 
+    def dllm_params(self, **params: Any) -> dict[str, Any]:
+        """Parameters every DLLM objective shares (adaptation and SFT), so they imply one decoder."""
+        return {"block_size": self.block_size, "shift": self.dllm_shift, **params}
+
     def base_objectives(self, paradigm: str) -> list[dict[str, Any]]:
         """The pre-training (``"ar"``) or adaptation (``"dllm"``) mixture: LM plus repeated spans."""
         chunk = self.pretrain_seq_len // self.copy_repeats
@@ -106,9 +113,8 @@ class CompareConfig:
         if paradigm == "ar":  # LM comes from the causal examples; copy examples score the copies alone
             lm, rep = {"name": "causal"}, {"name": "copy", "params": {**copy, "lm_weight": 0.0}}
         else:
-            lm = {"name": "block_diffusion", "params": {"block_size": self.block_size, "clean_attention": "causal",
-                                                        "ar_weight": 0.5}}
-            rep = {"name": "copy_diffusion", "params": {"block_size": self.block_size, **copy}}
+            lm = {"name": "block_diffusion", "params": self.dllm_params(clean_attention="causal", ar_weight=0.5)}
+            rep = {"name": "copy_diffusion", "params": self.dllm_params(**copy)}
         w = self.copy_weight if paradigm == "ar" else self.adapt_copy_weight
         return [{**lm, "weight": 1 - w}, {**rep, "weight": w}]
 
@@ -245,7 +251,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     # 2. one AR base (causal LM + copying); 3. the DLLM adapted from it (or pre-trained alone)
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
     probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
-    dllm_decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold}
+    dllm_decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold, "shift": cfg.dllm_shift}
     hooks = {"ar": [induction_hook(probes)], "dllm": [induction_hook(probes, dllm_decoding, tokenizer)]}
     adapt = cfg.dllm_from_ar and not cfg.dllm_init
     pre: dict[str, Path] = {}
@@ -302,10 +308,8 @@ def run_compare(cfg: CompareConfig) -> Path:
     ctx = {"context_weight": cfg.sft_context_weight}
     arms = {
         "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
-        "DLLM": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size, **ctx}}], pre["dllm"],
-                 cfg.sft_steps),
-        "DLLM unaligned": ([{"name": "agent_sft_diffusion", "params": {"block_size": cfg.block_size,
-                                                                      "aligned": False, **ctx}}],
+        "DLLM": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(**ctx)}], pre["dllm"], cfg.sft_steps),
+        "DLLM unaligned": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(aligned=False, **ctx)}],
                            pre["dllm"], cfg.ablation_sft_steps or cfg.sft_steps),
     }
     sft = {}

@@ -32,7 +32,13 @@ import torch
 
 from unimask.model.attention import AttentionStructure
 from unimask.objectives.base import normalised_weights
-from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, noisy_targets, sample_t
+from unimask.objectives.diffusion import (
+    draw_block_noise,
+    noisy_copy_layout,
+    noisy_targets,
+    sample_t,
+    shift_targets,
+)
 from unimask.objectives.example import IGNORE, TrainingExample
 from unimask.tokenizer.chat import TurnSequence
 
@@ -92,12 +98,17 @@ class AgentSFTDiffusion:
     pad_final_block: bool = True  # fill each action's last block with <|pad|> targets, as decoded
     context_weight: float = 0.0
     eps: float = 1e-3
+    shift: bool = False  # Dream-style shifted targets (objectives.diffusion.shift_targets)
     name: str = "agent_sft_diffusion"
 
     def max_length(self, n: int) -> int:
         return 2 * n + (n // 2 if self.pad_final_block else 0) if self.aligned else n
 
     def __call__(self, raw: TurnSequence, rng: np.random.Generator) -> TrainingExample:
+        ex = self._unshifted(raw, rng)
+        return shift_targets(ex) if self.shift else ex
+
+    def _unshifted(self, raw: TurnSequence, rng: np.random.Generator) -> TrainingExample:
         _check(raw)
         x0 = torch.tensor(raw.token_ids, dtype=torch.long)
         action = torch.tensor(raw.is_action, dtype=torch.bool)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from unimask.model.attention import AttentionStructure
 from unimask.objectives.base import Window, continues, next_token_labels, normalised_weights
-from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, noisy_targets
+from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, noisy_targets, shift_targets
 from unimask.objectives.example import IGNORE, TrainingExample
 
 
@@ -143,6 +143,7 @@ class CopySpansDiffusion:
     anchor: int = 1
     ar_weight: float = 0.5
     eps: float = 1e-3
+    shift: bool = False
     name: str = "copy_diffusion"
 
     def __post_init__(self) -> None:
@@ -169,4 +170,5 @@ class CopySpansDiffusion:
             ar = next_token_labels(x0, continues(seg))
             labels[:L] = ar
             weights[:L] = normalised_weights(ar, self.ar_weight)
-        return TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        return shift_targets(ex) if self.shift else ex

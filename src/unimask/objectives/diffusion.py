@@ -11,6 +11,12 @@
 
 ``noisy_copy_layout`` builds that layout for arbitrary noisy segments; the aligned agent SFT
 objective reuses it with segments aligned to action turns.
+
+``shift_targets`` turns any diffusion example into its *shifted* form (Dream's convention, kept by
+AR-to-diffusion adaptation): the logits at position i predict token i+1, so a masked token is
+predicted from its predecessor's state and an AR model's next-token circuits (induction above
+all) carry over. A noisy block's first token is predicted by the clean token before the block,
+which is exactly what the sampler reads from the KV-cached context.
 """
 
 from __future__ import annotations
@@ -103,12 +109,45 @@ def noisy_targets(x0: Tensor, ids: Tensor, twins: Tensor, segments: Sequence[tup
     return labels, weights
 
 
+def shift_targets(ex: TrainingExample) -> TrainingExample:
+    """Move each scored diffusion target to the position that precedes it (see the module docstring).
+
+    The predecessor of a token at RoPE position p is the token at p - 1 in the same document and the
+    same stream: its own noisy block if it has one there, else the clean stream. A target without a
+    predecessor (a document's first token) is dropped. Where the predecessor already predicts the same
+    token (a clean position's AR label) the weights add up.
+    """
+    labels, weights = torch.full_like(ex.labels, IGNORE), ex.loss_weights.clone()
+    scored = ex.labels != IGNORE
+    key = torch.stack([ex.doc_ids, ex.position_ids, torch.where(ex.noisy, ex.block_ids, -1)], 1).tolist()
+    where = {tuple(k): i for i, k in enumerate(key)}
+    diffusion = scored & (ex.noisy | ~ex.noisy.any())  # the noisy half, or every target of a one-stream layout
+    keep = scored & ~diffusion
+    labels[keep] = ex.labels[keep]
+    weights[diffusion] = 0.0
+    for i in diffusion.nonzero()[:, 0].tolist():
+        doc, pos, blk = key[i]
+        j = where.get((doc, pos - 1, blk))
+        if j is None and blk != -1:
+            j = where.get((doc, pos - 1, -1))
+        if j is None:
+            continue
+        y = int(ex.labels[i])
+        if labels[j] not in (IGNORE, y):
+            raise AssertionError(f"shifted target {y} lands on position {j}, which already predicts {int(labels[j])}")
+        labels[j] = y
+        weights[j] += ex.loss_weights[i]
+    return TrainingExample(ex.input_ids, labels, weights, ex.doc_ids, ex.block_ids, ex.noisy, ex.position_ids,
+                           ex.objective)
+
+
 @dataclass
 class MaskedDiffusion:
     """LLaDA pre-training objective over packed windows."""
 
     tokenizer: object
     eps: float = 1e-3
+    shift: bool = False
     name: str = "masked_diffusion"
 
     def max_length(self, n: int) -> int:
@@ -124,7 +163,8 @@ class MaskedDiffusion:
         weights = masked.float() / (t * max(int(real.sum()), 1))
         att = AttentionStructure(doc[None], torch.zeros(1, len(x0), dtype=torch.long),
                                  torch.zeros(1, len(x0), dtype=torch.bool), positions_from_segments(doc[None]))
-        return TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        return shift_targets(ex) if self.shift else ex
 
 
 @dataclass
@@ -136,6 +176,7 @@ class BlockDiffusion:
     clean_attention: CleanAttention = "causal"
     ar_weight: float = 0.0
     eps: float = 1e-3
+    shift: bool = False
     name: str = "block_diffusion"
 
     def __post_init__(self) -> None:
@@ -162,4 +203,5 @@ class BlockDiffusion:
             labels[:L] = ar
             n_ar = max(int((ar != IGNORE).sum()), 1)
             weights[:L] = (ar != IGNORE).float() * (self.ar_weight / n_ar)
-        return TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)
+        return shift_targets(ex) if self.shift else ex

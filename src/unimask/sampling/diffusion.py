@@ -15,6 +15,10 @@ every finished block go into an *exact* KV cache; a block is decoded against it 
 ``"prefix"`` caches the keys of everything before the current block once per block
 (approximate, Fast-dLLM's prefix cache), ``"dual"`` caches the suffix too.
 
+Shifted models (``shift=True``; Dream, and unimask DLLMs adapted from an AR model with shifted
+targets): the logits at position i predict token i+1, so a block's first token is read from the
+last clean token's logits and every other masked token from its predecessor's.
+
 Generation stops early once a block contains EOS/pad, a stop id or a stop string.
 """
 
@@ -111,10 +115,12 @@ class DiffusionBackbone:
     kind = "diffusion"
 
     def __init__(self, model: Any, tokenizer: Tokenizer, mode: Literal["block", "full"] = "block",
-                 block_length: int = 16, device: str | torch.device | None = None, **defaults: Any):
+                 block_length: int = 16, device: str | torch.device | None = None, shift: bool = False,
+                 **defaults: Any):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.mode = mode
+        self.shift = shift
         self.block_length = block_length
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.defaults = {"threshold": 0.9, "remasking": "low_confidence", "temperature": 0.0, "cache": "dual",
@@ -226,6 +232,7 @@ class DiffusionBackbone:
         k_sched = num_transfer_tokens(masked.sum(1), steps)
         nfe = 0
         step = 0
+        first = None  # shifted models: the last clean token's logits predict the block's first token
         while bool(masked.any()):
             if n_pend:
                 inp = torch.cat([pending, block], 1)
@@ -234,11 +241,16 @@ class DiffusionBackbone:
                                            pos_p[None], torch.zeros(1, n_pend, dtype=torch.bool, device=self.device),
                                            pos_p[None])
                 noisy = self._noisy(s, e)
-                logits = self.model(inp, AttentionStructure.cat([clean, noisy]), kv_cache=cache)[:, n_pend:]
+                logits = self.model(inp, AttentionStructure.cat([clean, noisy]), kv_cache=cache)[:, n_pend - 1:]
+                first, logits = logits[:, :1], logits[:, 1:]
                 cache.truncate(start + n_pend)  # keep the clean tokens, drop the noisy block
                 n_pend = 0
             else:
                 logits = self.model(block, self._noisy(s, e), kv_cache=cache, commit=False)
+            if self.shift:
+                if first is None:
+                    raise RuntimeError("a shifted block needs the clean context's last logits; none were computed")
+                logits = torch.cat([first, logits[:, :-1]], 1)
             nfe += 1
             block, commit = self._step(logits, block, masked, x[0, gen_start:s], constraint, k_sched, step,
                                        threshold, opts, generator)
@@ -276,22 +288,26 @@ class DiffusionBackbone:
         threshold = opts.get("threshold")
         cache_mode = opts.get("cache") or "none"
         full = AttentionStructure.bidirectional(1, L, self.device)
+        lo = s - int(self.shift)  # shifted: position i's logits predict token i+1
+        if lo < 0:
+            raise ValueError("a shifted model predicts each token from the one before it: the masked region needs "
+                             "at least one token before it (a non-empty prompt or prefix)")
         masked_all = x == tok.mask_id
         k_sched = num_transfer_tokens(masked_all[:, s:e].sum(1), steps)
         nfe, step = 0, 0
         cache = None
         while bool((x[:, s:e] == tok.mask_id).any()):
             if cache_mode == "none":
-                logits = self.model(x, full)[:, s:e]
+                logits = self.model(x, full)[:, lo : lo + e - s]
             elif cache is None:
                 cache = self.model.new_kv_cache(1, L)
-                logits = self.model(x, full, kv_cache=cache)[:, s:e]
-                keep = torch.arange(s, device=self.device) if cache_mode == "prefix" else \
-                    torch.cat([torch.arange(s, device=self.device), torch.arange(e, L, device=self.device)])
+                logits = self.model(x, full, kv_cache=cache)[:, lo : lo + e - s]
+                keep = torch.arange(lo, device=self.device) if cache_mode == "prefix" else \
+                    torch.cat([torch.arange(lo, device=self.device), torch.arange(e, L, device=self.device)])
                 cache.keep_positions(keep)
             else:
-                q = x[:, s:] if cache_mode == "prefix" else x[:, s:e]
-                qs = full[s:] if cache_mode == "prefix" else full[s:e]
+                q = x[:, lo:] if cache_mode == "prefix" else x[:, lo:e]
+                qs = full[lo:] if cache_mode == "prefix" else full[lo:e]
                 logits = self.model(q, qs, kv_cache=cache, commit=False)[:, : e - s]
             nfe += 1
             blk = x[:, s:e]

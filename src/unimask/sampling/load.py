@@ -2,9 +2,10 @@
 
 A unimask checkpoint's ``extra["backbone"]`` (written by the trainer) picks the decoder:
 ``"ar"`` -> AR with KV cache; ``"block_diffusion"`` -> block diffusion with an exact KV cache;
-``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches. A Hugging Face directory
-of a family ``unimask convert`` imports (Llama, Mistral, Qwen2/3, LLaDA, Dream) is converted once
-(cached) and loads as a unimask checkpoint; any other causal one loads through ``transformers``.
+``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches; ``extra["shift"]`` marks a
+shifted (Dream-style) diffusion model. A Hugging Face directory of a family ``unimask convert``
+imports (Llama, Mistral, Qwen2/3, LLaDA, Dream) is converted once (cached) and loads as a unimask
+checkpoint; any other causal one loads through ``transformers``.
 """
 
 from __future__ import annotations
@@ -51,5 +52,5 @@ def load_backbone(path: str | Path, device: str | None = None, **decoding_defaul
         mode = "block" if kind == "block_diffusion" else "full"
         block = int(extra.get("block_size", 16))
         return DiffusionBackbone(model, tokenizer, mode=mode, block_length=block, device=device,
-                                 **decoding_defaults)
+                                 shift=bool(extra.get("shift", False)), **decoding_defaults)
     raise ValueError(f"{path}: unknown backbone kind {kind!r} in config.json extra")

@@ -58,10 +58,15 @@ def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> di
     masked = [o for o in active if o.name == "masked_diffusion"]
     if block and masked:
         raise ConfigError("mixing block_diffusion and masked_diffusion gives no single decoder; pick one")
-    if masked:
-        return {"backbone": "masked_diffusion"}
-    if not block:
+    if not block and not masked:
         raise ConfigError(f"objectives {sorted(names)} are not known to the trainer's backbone table")
+    shifts = {bool(o.params.get("shift", False)) for o in block + masked}
+    if len(shifts) > 1:
+        raise ConfigError("mixing shifted and unshifted diffusion objectives gives no single decoder; set the same "
+                          "`shift` on every diffusion objective")
+    shift = {"shift": True} if shifts == {True} else {}  # absent means unshifted, as in older checkpoints
+    if masked:
+        return {"backbone": "masked_diffusion", **shift}
     spec = block[0]
     settings = dict(spec.params)
     if tokenizer is not None:
@@ -70,12 +75,13 @@ def infer_backbone(objectives: list[ObjectiveSpec], tokenizer: Any = None) -> di
         obj = build_objective(spec.name, tokenizer, **spec.params)
         settings = {k: getattr(obj, k) for k in ("block_size", "clean_attention", "aligned") if hasattr(obj, k)}
     if settings.get("aligned", True) is False:
-        return {"backbone": "masked_diffusion"}  # the unaligned ablation: plain bidirectional attention
+        return {"backbone": "masked_diffusion", **shift}  # the unaligned ablation: plain bidirectional attention
     # the aligned agent layout is context-causal: clean context causal, full attention inside a block
     return {
         "backbone": "block_diffusion",
         "block_size": int(settings.get("block_size", 16)),
         "clean_attention": str(settings.get("clean_attention", "causal")),
+        **shift,
     }
 
 
