@@ -144,3 +144,20 @@ def build_diffusion(arch: str, path: Path, seed: int = 0, **shape: int) -> Path:
     save_file(diffusion_state(arch, seed=seed, **shape), str(path / "model.safetensors"))
     save_tokenizer(tok, arch, path)
     return path
+
+
+def build_ar_dream_pair(root: Path, max_len: int = 2048) -> tuple[Path, Path]:
+    """A Qwen2-shaped AR model and a Dream-shaped DLLM sharing its tokenizer plus Dream's two
+    added tokens, as Dream was initialised from Qwen2.5."""
+    from transformers import PreTrainedTokenizerFast
+
+    ar = build_native("qwen2", root / "qwen2", max_position_embeddings=max_len)
+    tok = Tokenizer.from_file(str(ar / "tokenizer.json"))
+    tok.add_special_tokens(["<|beginoftext|>", "<|mask|>"])
+    dream = root / "dream"
+    dream.mkdir(parents=True, exist_ok=True)
+    conf = {**diffusion_config("dream", tok), "max_position_embeddings": max_len}
+    (dream / "config.json").write_text(json.dumps(conf, indent=2))
+    save_file(diffusion_state("dream", seed=1), str(dream / "model.safetensors"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", mask_token="<|mask|>").save_pretrained(dream)
+    return ar, dream

@@ -176,6 +176,13 @@ class Trainer:
 
         self.backbone = infer_backbone(cfg.objectives, self.tokenizer if objective is None else None)
         self.objective = objective if objective is not None else build_objective_fn(cfg.objectives, self.tokenizer)
+        init_kind = self.init_extra.get("backbone", "ar")
+        if init_kind != "ar" and self.backbone["backbone"] != "ar" and \
+                bool(self.init_extra.get("shift", False)) != bool(self.backbone.get("shift", False)):
+            have = "shifted (position i predicts token i+1, as Dream)" if self.init_extra.get("shift") else "unshifted"
+            raise ConfigError(f"init_from {cfg.init_from} is a {have} diffusion model but the diffusion objectives "
+                              f"are {'un' if self.init_extra.get('shift') else ''}shifted; set shift: "
+                              f"{str(bool(self.init_extra.get('shift'))).lower()} in every diffusion objective's params")
         self.val_objectives = val_objectives
         self.global_stream = cfg.data.sharding == "global"
         self.train_source = train_source if train_source is not None else self._make_source("train")
