@@ -310,7 +310,6 @@ def test_run_compare_from_hugging_face_directories(tmp_path: Path, monkeypatch: 
     its vocabulary): converted on load, the corpus read with their tokenizer, the DLLM fine-tuned and
     decoded shifted, through agents and report."""
     from hf_tiny import build_ar_dream_pair
-
     from unimask.model import read_checkpoint_meta
 
     ar, dream = build_ar_dream_pair(tmp_path / "hf")
