@@ -207,3 +207,22 @@ def test_convert_cli_both_ways_and_cached_direct_start(tmp_path: Path, monkeypat
     first = ensure_checkpoint(src)
     assert first.parent == tmp_path / "cache" / "converted" and ensure_checkpoint(src) == first
     assert ensure_checkpoint(first) == first
+
+
+def test_dream_with_only_vocab_and_merges_uses_its_mask_token(tmp_path: Path) -> None:
+    """Dream's hub repository ships vocab.json + merges.txt (its tokenizer class is remote code)."""
+    src = build_diffusion("dream", tmp_path / "dream")
+    tok = json.loads((src / "tokenizer.json").read_text())
+    added = {str(t["id"]): {k: t[k] for k in ("content", "special", "lstrip", "rstrip", "normalized", "single_word")}
+             for t in tok["added_tokens"]}
+    (src / "vocab.json").write_text(json.dumps(tok["model"]["vocab"]))
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]]
+    (src / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    conf = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**conf, "added_tokens_decoder": added,
+                                                           "tokenizer_class": "DreamTokenizer"}))
+    (src / "tokenizer.json").unlink()
+    _, tok2, extra = load_checkpoint(import_hf_dir(src, tmp_path / "ckpt"))
+    mask = next(int(i) for i, t in added.items() if t["content"] == "<|mask|>")
+    assert tok2.mask_id == mask and sp.MASK not in extra["added_tokens"]
+    assert extra["shift"] is True

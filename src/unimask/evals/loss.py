@@ -105,7 +105,9 @@ def checkpoint_validation_loss(
     from unimask.train.sources import PackedSource
 
     dev = resolve_device(device)
-    model, tokenizer, _ = load_checkpoint(checkpoint)
+    from unimask.model.convert import ensure_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(ensure_checkpoint(checkpoint))  # an HF directory is converted
     model.to(dev)
     src = PackedSource(data_dir, "val", seq_len, epochs=1)
     raws = []

@@ -283,17 +283,29 @@ def _first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def read_hf_tokenizer(path: Path, conf: dict[str, Any]) -> HFTokenizer:
+    """The directory's ``tokenizer.json``; for a Qwen-family model that ships only ``vocab.json`` +
+    ``merges.txt`` (Dream's hub repository, whose tokenizer class is remote code) the same BPE
+    built by ``transformers``' Qwen2 fast tokenizer, with the added tokens its config lists."""
+    file = path / TOKENIZER_FILE
+    if file.is_file():
+        return HFTokenizer.from_file(str(file))
+    slow = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    if slow and detect_arch(conf) in ("qwen2", "qwen3", "dream"):
+        from transformers import Qwen2TokenizerFast
+
+        return Qwen2TokenizerFast.from_pretrained(path).backend_tokenizer
+    raise ConvertError(f"{path} has no {TOKENIZER_FILE}; save the model's fast tokenizer there "
+                       "(AutoTokenizer.from_pretrained(...).save_pretrained(dir)) and convert again")
+
+
 def adopt_tokenizer(path: Path, conf: dict[str, Any]) -> tuple[Tokenizer, dict[str, str], list[str]]:
     """The model's tokenizer with unimask's special tokens: ``(tokenizer, aliases, added tokens)``.
 
     A role the model already fills (its mask token, EOS, pad) keeps the model's token (an alias);
     every other unimask special token is added after the existing vocabulary.
     """
-    file = path / TOKENIZER_FILE
-    if not file.is_file():
-        raise ConvertError(f"{path} has no {TOKENIZER_FILE}; save the model's fast tokenizer there "
-                           "(AutoTokenizer.from_pretrained(...).save_pretrained(dir)) and convert again")
-    hf = HFTokenizer.from_file(str(file))
+    hf = read_hf_tokenizer(path, conf)
     tok_conf_file = path / "tokenizer_config.json"
     tok_conf = json.loads(tok_conf_file.read_text()) if tok_conf_file.is_file() else {}
     aliases: dict[str, str] = {}
@@ -351,8 +363,7 @@ def import_hf_dir(src: str | Path, dst: str | Path) -> Path:
     arch = detect_arch(conf)
     cfg = model_config_from_hf(conf, arch)
     state = state_from_hf(read_hf_weights(src), cfg, arch)
-    tok_before = HFTokenizer.from_file(str(src / TOKENIZER_FILE)).get_vocab_size(with_added_tokens=True) \
-        if (src / TOKENIZER_FILE).is_file() else 0
+    tok_before = read_hf_tokenizer(src, conf).get_vocab_size(with_added_tokens=True)
     tokenizer, aliases, added = adopt_tokenizer(src, conf)
     new_ids = [tokenizer.token_to_id(t) for t in added]
     cfg = grow_vocab(state, cfg, tokenizer, new_ids, tok_before)
