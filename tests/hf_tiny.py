@@ -7,6 +7,7 @@ special tokens (Llama's ``<s>``/``</s>``, Qwen's ``<|endoftext|>``, Dream's ``<|
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,19 @@ VOCAB = 320  # the embedding is padded past the tokenizer, as in Qwen2.5 and Lla
 
 
 def build_tokenizer(arch: str) -> Tokenizer:
+    """A fresh copy of the family's tiny tokenizer (trained once per family and process)."""
+    return Tokenizer.from_str(_trained(arch))
+
+
+@functools.cache
+def _trained(arch: str) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_SIZE, special_tokens=SPECIALS[arch], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(stdlib_sample_texts(8), trainer=trainer)
-    return tok
+    return tok.to_str()
 
 
 def save_tokenizer(tok: Tokenizer, arch: str, path: Path) -> None:
