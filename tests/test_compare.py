@@ -303,6 +303,7 @@ def test_gpu_config_loads_and_builds_its_model() -> None:
     model = model_preset(cfg.model_preset, **cfg.model_settings())
     assert model.vocab_size == cfg.vocab_size and model.attn_impl == "flex"
     assert model.max_seq_len >= cfg.max_context_tokens  # prompt + action fit (the loop keeps both inside it)
+    assert "Qwen2.5" in cfg.ar_init and "Dream" in cfg.dllm_init  # the real pairing (Dream was continued from it)
 
 
 def test_run_compare_from_hugging_face_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

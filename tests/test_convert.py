@@ -226,3 +226,10 @@ def test_dream_with_only_vocab_and_merges_uses_its_mask_token(tmp_path: Path) ->
     mask = next(int(i) for i, t in added.items() if t["content"] == "<|mask|>")
     assert tok2.mask_id == mask and sp.MASK not in extra["added_tokens"]
     assert extra["shift"] is True
+
+
+def test_a_pad_that_is_eos_gets_its_own_token(tmp_path: Path) -> None:
+    """LLaDA and Dream set pad_token_id = eos_token_id; padding must not read as a stop."""
+    _, tok, extra = load_checkpoint(import_hf_dir(build_diffusion("llada", tmp_path / "l"), tmp_path / "c"))
+    assert tok.pad_id != tok.eos_id and sp.PAD in extra["added_tokens"]
+    assert extra["aliased_tokens"] == {sp.MASK: "<|mdm_mask|>"}

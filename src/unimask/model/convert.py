@@ -318,7 +318,7 @@ def adopt_tokenizer(path: Path, conf: dict[str, Any]) -> tuple[Tokenizer, dict[s
     role(sp.MASK, _first_id(conf.get("mask_token_id")), _token_of(tok_conf.get("mask_token")))
     role(sp.EOS, _first_id(conf.get("eos_token_id")), _token_of(tok_conf.get("eos_token")))
     role(sp.PAD, _first_id(conf.get("pad_token_id")), _token_of(tok_conf.get("pad_token")))
-    if aliases.get(sp.PAD) is not None and aliases[sp.PAD] == aliases.get(sp.EOS):
+    if aliases.get(sp.PAD) is not None and aliases[sp.PAD] == aliases.get(sp.EOS, sp.EOS):
         del aliases[sp.PAD]  # a pad that is EOS would make every padded position look like a stop
     before = hf.get_vocab_size(with_added_tokens=True)
     tokenizer = Tokenizer.from_hf_with_specials(hf, aliases)
