@@ -233,3 +233,18 @@ def test_a_pad_that_is_eos_gets_its_own_token(tmp_path: Path) -> None:
     _, tok, extra = load_checkpoint(import_hf_dir(build_diffusion("llada", tmp_path / "l"), tmp_path / "c"))
     assert tok.pad_id != tok.eos_id and sp.PAD in extra["added_tokens"]
     assert extra["aliased_tokens"] == {sp.MASK: "<|mdm_mask|>"}
+
+
+def test_generate_takes_hf_directories_directly(tmp_path: Path) -> None:
+    """``unimask generate DIR``: a Dream directory decodes as a shifted diffusion model, a Llama one as AR."""
+    from unimask.cli import _mount, app
+    from unimask.sampling import DiffusionBackbone, load_backbone
+
+    dream = load_backbone(build_diffusion("dream", tmp_path / "dream"), device="cpu")
+    assert isinstance(dream, DiffusionBackbone) and dream.shift
+    gen = dream.generate(["def f(x):"], max_new_tokens=4, threshold=0.0)[0]  # commit all: a random model is never sure
+    assert gen.token_ids and gen.nfe < len(gen.token_ids)
+    _mount()
+    r = CliRunner().invoke(app, ["generate", str(build_native("llama", tmp_path / "llama")), "-p", "import os",
+                                 "--max-new-tokens", "4", "--device", "cpu"])
+    assert r.exit_code == 0 and "ar · NFE" in r.output, r.output
