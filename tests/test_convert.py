@@ -248,3 +248,15 @@ def test_generate_takes_hf_directories_directly(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["generate", str(build_native("llama", tmp_path / "llama")), "-p", "import os",
                                  "--max-new-tokens", "4", "--device", "cpu"])
     assert r.exit_code == 0 and "ar · NFE" in r.output, r.output
+
+
+def test_training_a_dream_model_unshifted_is_refused(tmp_path: Path) -> None:
+    from unimask.config import ConfigError, from_dict
+    from unimask.train import TrainConfig
+    from unimask.train.trainer import Trainer
+
+    dream = build_diffusion("dream", tmp_path / "dream")
+    cfg = from_dict(TrainConfig, {"init_from": str(dream), "objectives": [{"name": "masked_diffusion"}],
+                                  "out_dir": str(tmp_path / "run"), "device": "cpu", "tensorboard": False})
+    with pytest.raises(ConfigError, match="shifted.*set shift: true"):
+        Trainer(cfg)

@@ -176,13 +176,7 @@ class Trainer:
 
         self.backbone = infer_backbone(cfg.objectives, self.tokenizer if objective is None else None)
         self.objective = objective if objective is not None else build_objective_fn(cfg.objectives, self.tokenizer)
-        init_kind = self.init_extra.get("backbone", "ar")
-        if init_kind != "ar" and self.backbone["backbone"] != "ar" and \
-                bool(self.init_extra.get("shift", False)) != bool(self.backbone.get("shift", False)):
-            have = "shifted (position i predicts token i+1, as Dream)" if self.init_extra.get("shift") else "unshifted"
-            raise ConfigError(f"init_from {cfg.init_from} is a {have} diffusion model but the diffusion objectives "
-                              f"are {'un' if self.init_extra.get('shift') else ''}shifted; set shift: "
-                              f"{str(bool(self.init_extra.get('shift'))).lower()} in every diffusion objective's params")
+        self._check_shift_matches_init()
         self.val_objectives = val_objectives
         self.global_stream = cfg.data.sharding == "global"
         self.train_source = train_source if train_source is not None else self._make_source("train")
@@ -197,6 +191,18 @@ class Trainer:
         self.total_steps = self._total_steps()
 
     # ------------------------------------------------------------------ set-up helpers
+    def _check_shift_matches_init(self) -> None:
+        """Continuing a diffusion model under the other prediction convention would be silently wrong
+        (a Dream model predicts token i+1 at position i; see ``objectives.diffusion.shift_targets``)."""
+        if self.init_extra.get("backbone", "ar") == "ar" or self.backbone["backbone"] == "ar":
+            return
+        shifted = bool(self.init_extra.get("shift", False))
+        if shifted != bool(self.backbone.get("shift", False)):
+            kind = "a shifted (Dream-style)" if shifted else "an unshifted"
+            raise ConfigError(f"init_from {self.cfg.init_from} is {kind} diffusion model but the diffusion objectives "
+                              f"are {'un' if shifted else ''}shifted; set shift: {str(shifted).lower()} in every "
+                              "diffusion objective's params")
+
     def _check_lengths(self) -> None:
         """Fail before training if an objective's longest example would not fit the model."""
         limit = getattr(model_config(self.raw_model), "max_seq_len", None)
@@ -258,7 +264,6 @@ class Trainer:
             self.val_objectives = {
                 s.name: build_objective(s.name, self.tokenizer, **s.params) for s in self.cfg.objectives if s.weight > 0
             }
-
         return self.val_objectives
 
     # ------------------------------------------------------------------ checkpoint / resume
