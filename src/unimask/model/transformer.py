@@ -1,5 +1,8 @@
 """The unimask transformer: a pre-norm decoder (RMSNorm, RoPE, SwiGLU, optional GQA).
 
+Options for imported checkpoints (all off by default): q/k/v biases (Qwen2), per-head q/k RMSNorm
+(Qwen3), an explicit head width, and linear / Llama 3 RoPE frequency scaling.
+
 It knows nothing of objectives: every call takes an ``AttentionStructure`` (who may attend to
 whom, and RoPE positions) and returns logits. A ``KVCache`` makes decoding incremental for
 AR and block-causal (block diffusion) decoding: new tokens attend to the cached keys plus
