@@ -162,6 +162,9 @@ class Trainer:
             from unimask.model import load_checkpoint
             from unimask.model.convert import ensure_checkpoint
 
+            if self.info.rank == 0:  # an HF directory is converted once, by one rank; the others reuse it
+                ensure_checkpoint(cfg.init_from)
+            barrier(self.info)
             model, loaded_tok, self.init_extra = load_checkpoint(ensure_checkpoint(cfg.init_from))
             tokenizer = tokenizer or loaded_tok
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
