@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unimask.evals.induction import ar_induction, diffusion_induction
+from unimask.evals.induction import ar_induction, decoded_induction
 from unimask.objectives import IGNORE, build_objective
 from unimask.objectives.copy import draw_copies, draw_copy
 from unimask.sampling.backbone import Generation
@@ -132,15 +132,15 @@ class ReplayBackbone:
         return [Generation("", out, nfe=2, wall_time=0.0, stop_reason="length")]
 
 
-def test_diffusion_induction_compares_decoded_repeats_with_the_source() -> None:
+def test_decoded_induction_compares_decoded_repeats_with_the_source() -> None:
     w = window(64, docs=1)
     probes = [draw_copy(w.tokens, w.doc_ids, np.random.default_rng(s), 6, 10) for s in range(4)]
     truth = {tuple(p.tokens[: p.start + 1].tolist()): p.tokens[p.start + 1 : p.start + p.length].tolist()
              for p in probes}
-    res = diffusion_induction(ReplayBackbone(truth), probes)
+    res = decoded_induction(ReplayBackbone(truth), probes)
     assert res["copy_acc"] == 1.0 and res["exact_span"] == 1.0
     half = {k: v[: len(v) // 2] + [0] * (len(v) - len(v) // 2) for k, v in truth.items()}
-    res = diffusion_induction(ReplayBackbone(half), probes)
+    res = decoded_induction(ReplayBackbone(half), probes)
     assert 0.3 < res["copy_acc"] < 0.6 and res["exact_span"] == 0.0
 
 

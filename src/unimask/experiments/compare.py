@@ -292,7 +292,8 @@ def run_compare(cfg: CompareConfig) -> Path:
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
     probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
     dllm_decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold, "shift": cfg.dllm_shift}
-    hooks = {"ar": [induction_hook(probes)], "dllm": [induction_hook(probes, dllm_decoding, arm_tok["dllm"])]}
+    hooks = {"ar": [induction_hook(probes, tokenizer=arm_tok["ar"])],
+             "dllm": [induction_hook(probes, dllm_decoding, arm_tok["dllm"])]}
     adapt = cfg.dllm_from_ar and not cfg.dllm_init
     pre: dict[str, Path] = {}
     for name in ("ar", "dllm"):
