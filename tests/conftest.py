@@ -48,3 +48,9 @@ def any_model(request: pytest.FixtureRequest):
     if m.smear_gate is not None:
         torch.nn.init.normal_(m.smear_gate.weight, std=0.3)
     return m
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hugging Face directories converted on load go to a temporary cache, never ~/.cache."""
+    os.environ["UNIMASK_CACHE"] = str(tmp_path_factory.mktemp("unimask_cache"))

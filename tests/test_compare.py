@@ -308,3 +308,28 @@ def test_gpu_config_loads_and_builds_its_model() -> None:
     model = model_preset(cfg.model_preset, **cfg.model_settings())
     assert model.vocab_size == cfg.vocab_size and model.attn_impl == "flex"
     assert model.max_seq_len >= cfg.max_context_tokens  # prompt + action fit (the loop keeps both inside it)
+    assert "Qwen2.5" in cfg.ar_init and "Dream" in cfg.dllm_init  # the real pairing (Dream was continued from it)
+
+
+def test_run_compare_from_hugging_face_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ar_init``/``dllm_init`` as HF directories (a Qwen2-shaped AR model and a Dream-shaped DLLM on
+    its vocabulary): converted on load, the corpus read with their tokenizer, the DLLM fine-tuned and
+    decoded shifted, through agents and report."""
+    from hf_tiny import build_ar_dream_pair
+    from unimask.model import read_checkpoint_meta
+
+    ar, dream = build_ar_dream_pair(tmp_path / "hf")
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(tiny_config(out), ar_init=str(ar), dllm_init=str(dream), ablation_sft_steps=2,
+                              test_tasks=1, ablation_tasks=1)
+    log = quiet_console(monkeypatch)
+    report = run_compare(cfg)
+    assert "| metric | AR | DLLM | DLLM unaligned |" in report.read_text()
+    assert "dllm_shift=True" in log.getvalue()
+    assert not (out / "pretrain_ar").exists() and not (out / "pretrain_dllm").exists()
+    assert json.loads((out / "compare_config.json").read_text())["dllm_shift"] is True
+    for arm in ("sft_dllm", "sft_dllm_unaligned"):
+        assert read_checkpoint_meta(out / arm / "final")["extra"]["shift"] is True
+    meta = read_checkpoint_meta(out / "sft_ar" / "final")
+    assert meta["extra"]["backbone"] == "ar" and meta["model"]["attn_bias"] is True  # the Qwen2 weights
+    assert (out / "data" / "unimask_special_tokens.json").is_file() or "<|mask|>" in (out / "data" / "tokenizer.json").read_text()

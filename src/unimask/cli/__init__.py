@@ -17,7 +17,7 @@ import typer
 from rich.logging import RichHandler
 
 from unimask import __version__
-from unimask.cli import agent, data, envs, evals, experiments, sampling, serve, tokenizer, train
+from unimask.cli import agent, data, envs, evals, experiments, model, sampling, serve, tokenizer, train
 from unimask.cli.common import OVERRIDES, console
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[Callable[..., Any], dict[str, bool]]] = {
     "infill": (sampling.infill, {}),
     "compare": (experiments.compare, OVERRIDES),
     "serve": (serve.serve, {}),
+    "convert": (model.convert_command, {}),
 }
 GROUPS: dict[str, typer.Typer] = {
     "tokenizer": tokenizer.app,

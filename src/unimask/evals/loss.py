@@ -30,7 +30,9 @@ def checkpoint_validation_loss(
 ) -> dict[str, float]:
     """Load a checkpoint and score it on the ``val`` split of a prepared data dir, per objective."""
     dev = resolve_device(device)
-    model, tokenizer, _ = load_checkpoint(checkpoint)
+    from unimask.model.convert import ensure_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(ensure_checkpoint(checkpoint))  # an HF directory is converted
     model.to(dev)
     src = PackedSource(data_dir, "val", seq_len, epochs=1)
     raws = []

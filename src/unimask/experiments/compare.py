@@ -47,7 +47,8 @@ from unimask.envs.docqa import (
 from unimask.evals.induction import copy_probes, induction_hook
 from unimask.experiments.report import write_report
 from unimask.io import atomic_dir, atomic_write_text
-from unimask.model import load_checkpoint
+from unimask.model import load_checkpoint, read_checkpoint_meta
+from unimask.model.convert import ensure_checkpoint
 from unimask.objectives import build_objective, max_input_length
 from unimask.presets import model_preset
 from unimask.sampling import load_backbone
@@ -68,7 +69,9 @@ class CompareConfig:
     model_preset: str = "small"
     # smear: a projected previous-token embedding, which makes copying a one-layer circuit
     model_overrides: dict[str, Any] = field(default_factory=lambda: {"max_seq_len": 1024, "smear": True})
-    ar_init: str = ""  # start from these checkpoints instead of pre-training
+    # start from these instead of pre-training: unimask checkpoints or Hugging Face directories
+    # (converted on load, see ``unimask convert``); the corpus is then tokenized with their tokenizer
+    ar_init: str = ""
     dllm_init: str = ""
     pretrain_steps: int = 900
     pretrain_seq_len: int = 256
@@ -235,9 +238,38 @@ def _base_induction(path: Path, bases: dict[str, Path], hooks: dict[str, list[Ev
     return found
 
 
+def _resolve_inits(cfg: CompareConfig) -> tuple[dict[str, Path], CompareConfig]:
+    """Given starting points as unimask checkpoints (HF directories are converted, cached), and the
+    config with ``dllm_shift`` taken from a given DLLM: a Dream model predicts token i+1 at
+    position i, and fine-tuning or decoding it the other way would be silently wrong."""
+    inits = {name: ensure_checkpoint(p) for name, p in (("ar", cfg.ar_init), ("dllm", cfg.dllm_init)) if p}
+    if "dllm" in inits:
+        extra = read_checkpoint_meta(inits["dllm"]).get("extra", {})
+        if extra.get("backbone", "ar") == "ar":
+            raise ValueError(f"dllm_init {cfg.dllm_init} is an AR model (backbone 'ar'); give a diffusion model "
+                             "(LLaDA, Dream or a unimask DLLM), or leave dllm_init empty to adapt the AR base")
+        shift = bool(extra.get("shift", False))
+        if shift != cfg.dllm_shift:
+            log.warning("dllm_init is %s diffusion model: dllm_shift=%s for its fine-tuning and decoding",
+                        "a shifted" if shift else "an unshifted", shift)
+            cfg = dataclasses.replace(cfg, dllm_shift=shift)
+    if "ar" in inits and read_checkpoint_meta(inits["ar"]).get("extra", {}).get("backbone", "ar") != "ar":
+        raise ValueError(f"ar_init {cfg.ar_init} is a diffusion model; give an autoregressive one")
+    return inits, cfg
+
+
+def _check_same_text_ids(tokenizers: dict[str, Any], text: str = "def f(x):\n    return x.split(', ')\n") -> None:
+    """Both arms must read the same text as the same ids (one vocabulary, as Qwen2.5 and Dream share)."""
+    ids = {name: tok.encode(text) for name, tok in tokenizers.items()}
+    if ids["ar"] != ids["dllm"]:
+        raise ValueError("ar_init and dllm_init tokenize text differently; a matched comparison needs one "
+                         "vocabulary (e.g. Qwen2.5 and Dream, which was initialised from it)")
+
+
 def run_compare(cfg: CompareConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    inits, cfg = _resolve_inits(cfg)
     _check_same_config(out / "compare_config.json", cfg)
     times = _StageTimes(out / "timings.json")
 
@@ -245,24 +277,30 @@ def run_compare(cfg: CompareConfig) -> Path:
     t = time.perf_counter()
     data_dir = out / "data"
     if _stage("prepare corpus and tokenizer", data_dir / "meta.json"):
+        given_tok = inits.get("ar") or inits.get("dllm")  # a given model brings its tokenizer
+        tok_settings = {"path": str(given_tok)} if given_tok else {"vocab_size": cfg.vocab_size}
         dc = from_dict(DataConfig, {"out_dir": str(data_dir), "max_docs": cfg.max_docs, "seed": cfg.seed,
-                                    "tokenizer": {"vocab_size": cfg.vocab_size}})
+                                    "tokenizer": tok_settings})
         prepare_data(dc)
         times.record("prepare", t)
     tokenizer = Tokenizer.load(data_dir)
+    # each arm speaks its own model's tokenizer (Dream's mask id differs from the AR model's added one)
+    arm_tok = {name: Tokenizer.load(path) if path else tokenizer for name, path in
+               (("ar", inits.get("ar")), ("dllm", inits.get("dllm")))}
+    _check_same_text_ids(arm_tok)
 
     # 2. one AR base (causal LM + copying); 3. the DLLM adapted from it (or pre-trained alone)
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
     probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
     dllm_decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold, "shift": cfg.dllm_shift}
-    hooks = {"ar": [induction_hook(probes, tokenizer=tokenizer)], "dllm": [induction_hook(probes, dllm_decoding, tokenizer)]}
+    hooks = {"ar": [induction_hook(probes, tokenizer=arm_tok["ar"])],
+             "dllm": [induction_hook(probes, dllm_decoding, arm_tok["dllm"])]}
     adapt = cfg.dllm_from_ar and not cfg.dllm_init
     pre: dict[str, Path] = {}
     for name in ("ar", "dllm"):
         t = time.perf_counter()
-        given = cfg.ar_init if name == "ar" else cfg.dllm_init
-        if given:
-            pre[name] = Path(given)
+        if name in inits:
+            pre[name] = inits[name]
             continue
         from_ar = name == "dllm" and adapt
         steps = cfg.adapt_steps if from_ar else cfg.pretrain_steps
@@ -299,6 +337,8 @@ def run_compare(cfg: CompareConfig) -> Path:
     lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
             for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
     seq = model_preset(cfg.model_preset, **cfg.model_settings()).max_seq_len
+    if inits:  # given models keep their own context length
+        seq = min(int(read_checkpoint_meta(p)["model"]["max_seq_len"]) for p in inits.values())
     ctx = {"context_weight": cfg.sft_context_weight}
     # the aligned DLLM example (clean + noised copy + padded blocks) is the longest of the arms'
     fit = max_input_length(build_objective("agent_sft_diffusion", tokenizer, **cfg.dllm_params(**ctx)), seq)

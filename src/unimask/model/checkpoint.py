@@ -52,7 +52,8 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file} is not valid JSON ({e}); the checkpoint is damaged") from e
     if "model" not in meta:
-        raise CheckpointError(f"{file} has no 'model' section; is this a Hugging Face directory? use import_hf")
+        raise CheckpointError(f"{file} has no 'model' section; is this a Hugging Face directory? "
+                              "convert it with `unimask convert DIR OUT` (or pass it where a checkpoint is taken)")
     return meta
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclass
@@ -24,19 +26,31 @@ class ModelConfig:
     # its own, through a learned gate: a previous-token feature at layer 0, which small models
     # otherwise need a dedicated attention head and many steps to learn before they can copy.
     smear: bool = False
+    # Options imported checkpoints need (``unimask convert``); the defaults are the plain block.
+    attn_bias: bool = False  # biases on the q/k/v projections (Qwen2/Qwen2.5, Dream)
+    qk_norm: bool = False  # per-head RMSNorm on queries and keys before RoPE (Qwen3)
+    attn_head_dim: int | None = None  # None = d_model // n_heads; set when heads are wider or narrower
+    # RoPE frequency scaling as in Hugging Face ``rope_parameters`` (None = none): {"rope_type":
+    # "linear", "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor",
+    # "high_freq_factor", "original_max_position_embeddings"}
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
+        if self.attn_head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} must be divisible by n_kv_heads {self.n_kv_heads}")
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for RoPE")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", "default")
+            if kind not in ROPE_TYPES:
+                raise ValueError(f"rope_scaling type {kind!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
         if self.d_ff is None:
             self.d_ff = -(-int(8 * self.d_model / 3) // 64) * 64
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.attn_head_dim or self.d_model // self.n_heads

@@ -2,7 +2,9 @@
 ``HFCausalLM``, any local ``transformers`` causal LM behind the unimask forward signature.
 
 Our block is Llama's (RMSNorm, half-split RoPE, SwiGLU, GQA), so a causal unimask model maps
-onto ``LlamaForCausalLM`` weight for weight and the logits agree.
+onto ``LlamaForCausalLM`` weight for weight and the logits agree. ``unimask.model.convert`` covers
+the other families (and special tokens, caching, checkpoint files); this module stays the
+in-memory Llama path and the inference wrapper.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ def import_hf(path: str | Path) -> tuple[Transformer, Tokenizer]:
     path = Path(path)
     conf = AutoConfig.from_pretrained(path)
     if conf.model_type != "llama":
-        raise ValueError(f"{path} holds a {conf.model_type!r} model; import_hf maps Llama only — use HFCausalLM")
+        raise ValueError(f"{path} holds a {conf.model_type!r} model; import_hf maps Llama only — "
+                         "use `unimask convert` (unimask.model.convert) for Mistral, Qwen2/3, LLaDA and Dream, "
+                         "or HFCausalLM for inference")
     rope = getattr(conf, "rope_parameters", None) or {}
     cfg = ModelConfig(
         vocab_size=conf.vocab_size,

@@ -1,5 +1,8 @@
 """The unimask transformer: a pre-norm decoder (RMSNorm, RoPE, SwiGLU, optional GQA).
 
+Options for imported checkpoints (all off by default): q/k/v biases (Qwen2), per-head q/k RMSNorm
+(Qwen3), an explicit head width, and linear / Llama 3 RoPE frequency scaling.
+
 It knows nothing of objectives: every call takes an ``AttentionStructure`` (who may attend to
 whom, and RoPE positions) and returns logits. A ``KVCache`` makes decoding incremental for
 AR and block-causal (block diffusion) decoding: new tokens attend to the cached keys plus
@@ -13,6 +16,9 @@ for cached decoding (the cache keeps its token ids).
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +41,32 @@ class RMSNorm(nn.Module):
         return (out * self.weight.float()).type_as(x)
 
 
-def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = None,
+                  device: torch.device | None = None) -> Tensor:
+    """RoPE inverse frequencies, optionally rescaled (``linear``, or Llama 3's ``llama3``) as Hugging Face does."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"unknown rope_scaling type {kind!r}")
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype,
+                 scaling: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
     """cos/sin ``[B, 1, T, head_dim]`` for integer positions ``[B, T]`` (half-split layout, as Llama)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, positions.device)
     freqs = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -100,10 +129,12 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * hd, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=cfg.attn_bias)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -122,6 +153,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             start = cache.length
@@ -194,7 +227,9 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
         for name, p in self.named_parameters():
-            if p.dim() == 2:
+            if name.endswith("proj.bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 2:
                 # GPT-2 style: shrink residual-branch outputs with depth.
                 s = std / (2 * self.cfg.n_layers) ** 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else std
                 nn.init.normal_(p, mean=0.0, std=s)
@@ -285,7 +320,7 @@ class Transformer(nn.Module):
                 block_mask = build_block_mask(structure, q_len=T, q_offset=start)
             else:
                 mask = structure.dense_mask(slice(start, start + T))
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, self.cfg.rope_scaling)
         for i, layer in enumerate(self.layers):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, mask, is_causal, kv_cache, i, commit, block_mask,

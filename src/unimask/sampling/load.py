@@ -3,8 +3,9 @@
 A unimask checkpoint's ``extra`` (the trainer's ``DecoderSpec``) picks the decoder:
 ``"ar"`` -> AR with KV cache; ``"block_diffusion"`` -> block diffusion with an exact KV cache;
 ``"masked_diffusion"`` -> LLaDA-style decoding with approximate caches; ``extra["shift"]`` marks a
-shifted (Dream-style) diffusion model. A directory with a
-Hugging Face ``config.json`` and no unimask metadata loads through ``transformers``.
+shifted (Dream-style) diffusion model. A Hugging Face directory of a family ``unimask convert``
+imports (Llama, Mistral, Qwen2/3, LLaDA, Dream) is converted once (cached) and loads as a unimask
+checkpoint; any other causal one loads through ``transformers``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from unimask.model import load_checkpoint
+from unimask.model.convert import ConvertError, ensure_checkpoint
 from unimask.model.hf import HFCausalLM
 from unimask.objectives.contract import DecoderSpec
 from unimask.sampling.ar import ARBackbone
@@ -38,8 +40,13 @@ def load_backbone(path: str | Path, device: str | None = None, **decoding_defaul
         raise FileNotFoundError(f"{path} is neither a unimask checkpoint nor a Hugging Face model dir (no config.json)")
     meta = json.loads(config.read_text())
     if "model" not in meta:
-        model = HFCausalLM(path, device=device)
-        return ARBackbone(model, model.tokenizer, device=device, kind="hf", **decoding_defaults)
+        try:
+            path = ensure_checkpoint(path)
+        except ConvertError:
+            if meta.get("model_type", "").lower() in ("llada", "dream"):
+                raise  # a diffusion model run as a causal LM would be silently wrong
+            model = HFCausalLM(path, device=device)  # transformers runs it as it is (causal only)
+            return ARBackbone(model, model.tokenizer, device=device, kind="hf", **decoding_defaults)
     model, tokenizer, extra = load_checkpoint(path, device=device)
     spec = DecoderSpec.from_extra(extra)
     if spec.backbone == "ar":

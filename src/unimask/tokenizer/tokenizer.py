@@ -7,7 +7,8 @@ tokens up by string.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -17,6 +18,9 @@ from unimask.io import atomic_write_text
 from unimask.tokenizer import special as sp
 
 TOKENIZER_FILE = "tokenizer.json"
+# Beside tokenizer.json when an adopted tokenizer plays a unimask role with a token of its own
+# (e.g. LLaDA's mask token, Llama's "</s>" as EOS): {"aliases": {unimask token: its token}}.
+ALIASES_FILE = "unimask_special_tokens.json"
 
 
 class TokenizerError(ValueError):
@@ -26,15 +30,19 @@ class TokenizerError(ValueError):
 class Tokenizer:
     """unimask's tokenizer: text <-> ids, with named special-token ids."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, aliases: Mapping[str, str] | None = None):
         self.hf = hf
-        missing = [t for t in sp.SPECIAL_TOKENS if hf.token_to_id(t) is None]
+        self.aliases = dict(aliases or {})
+        bad = sorted(set(self.aliases) - set(sp.SPECIAL_TOKENS))
+        if bad:
+            raise TokenizerError(f"aliases name {bad} which are not unimask special tokens")
+        missing = [t for t in sp.SPECIAL_TOKENS if hf.token_to_id(self.aliases.get(t, t)) is None]
         if missing:
             raise TokenizerError(
                 f"tokenizer lacks unimask special tokens {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                 "train one with `unimask tokenizer train` or add them with Tokenizer.from_hf_with_specials()"
             )
-        ids = {t: hf.token_to_id(t) for t in sp.SPECIAL_TOKENS}
+        ids = {t: hf.token_to_id(self.aliases.get(t, t)) for t in sp.SPECIAL_TOKENS}
         self.eos_id = ids[sp.EOS]
         self.pad_id = ids[sp.PAD]
         self.mask_id = ids[sp.MASK]
@@ -54,6 +62,7 @@ class Tokenizer:
         self.think_end_id = ids[sp.THINK_END]
         self.sentinel_ids = [ids[s] for s in sp.SENTINELS]
         self.special_ids = frozenset(ids.values())
+        self.special_token_ids = ids  # unimask special token -> id in this vocabulary
 
     # ------------------------------------------------------------------ basics
     @property
@@ -83,6 +92,8 @@ class Tokenizer:
         if path.suffix != ".json":
             path = path / TOKENIZER_FILE
         atomic_write_text(path, self.hf.to_str(pretty=True))
+        if self.aliases:
+            atomic_write_text(path.parent / ALIASES_FILE, json.dumps({"aliases": self.aliases}, indent=2))
         return path
 
     @classmethod
@@ -98,15 +109,27 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a plain Exception on bad JSON
             raise TokenizerError(f"cannot read tokenizer {file}: {e}") from e
+        alias_file = file.parent / ALIASES_FILE
+        if alias_file.is_file():
+            try:
+                aliases = json.loads(alias_file.read_text())["aliases"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise TokenizerError(f"cannot read {alias_file} ({e}); the checkpoint is damaged") from e
+            return cls(hf, aliases)
         if path.is_dir() and hf.token_to_id(sp.MASK) is None:
             return cls.from_hf_with_specials(hf)
         return cls(hf)
 
     @classmethod
-    def from_hf_with_specials(cls, hf: HFTokenizer) -> Tokenizer:
-        """Adopt a third-party tokenizer, adding whichever unimask special tokens it lacks."""
-        hf.add_special_tokens([t for t in sp.SPECIAL_TOKENS if hf.token_to_id(t) is None])
-        return cls(hf)
+    def from_hf_with_specials(cls, hf: HFTokenizer, aliases: Mapping[str, str] | None = None) -> Tokenizer:
+        """Adopt a third-party tokenizer, adding whichever unimask special tokens it lacks.
+
+        ``aliases`` maps a unimask special token to a token the tokenizer already has for that
+        role (e.g. ``{"<|mask|>": "<|mdm_mask|>"}``); those are used, not added.
+        """
+        aliases = dict(aliases or {})
+        hf.add_special_tokens([t for t in sp.SPECIAL_TOKENS if hf.token_to_id(aliases.get(t, t)) is None])
+        return cls(hf, aliases)
 
     def check_vocab(self, model_vocab_size: int) -> None:
         """Raise if ids this tokenizer can produce would index past a model's embedding table."""

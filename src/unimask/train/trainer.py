@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from unimask.config import ConfigError, save_config, to_dict
 from unimask.model import load_checkpoint
+from unimask.model.convert import ensure_checkpoint
 from unimask.objectives import build_objective, mixture_decoder
 from unimask.objectives.example import Batch, example_loss
 from unimask.train import checkpoint as ckpt
@@ -91,7 +92,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
         if cfg.init_from and model is None:
-            model, loaded_tok, self.init_extra = load_checkpoint(cfg.init_from)
+            if self.info.rank == 0:  # an HF directory is converted once, by one rank; the others reuse it
+                ensure_checkpoint(cfg.init_from)
+            barrier(self.info)
+            model, loaded_tok, self.init_extra = load_checkpoint(ensure_checkpoint(cfg.init_from))
             tokenizer = tokenizer or loaded_tok
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
         self.raw_model = model if model is not None else build_model(cfg, self.tokenizer)
@@ -105,6 +109,7 @@ class Trainer:
 
         self.backbone = infer_backbone(cfg.objectives, self.tokenizer if objective is None else None)
         self.objective = objective if objective is not None else build_objective_fn(cfg.objectives, self.tokenizer)
+        self._check_shift_matches_init()
         self.val_objectives = val_objectives
         self.global_stream = cfg.data.sharding == "global"
         self.train_source = train_source if train_source is not None else self._make_source("train")
@@ -119,6 +124,18 @@ class Trainer:
         self.total_steps = self._total_steps()
 
     # ------------------------------------------------------------------ set-up helpers
+    def _check_shift_matches_init(self) -> None:
+        """Continuing a diffusion model under the other prediction convention would be silently wrong
+        (a Dream model predicts token i+1 at position i; see ``objectives.diffusion.shift_targets``)."""
+        if self.init_extra.get("backbone", "ar") == "ar" or self.backbone["backbone"] == "ar":
+            return
+        shifted = bool(self.init_extra.get("shift", False))
+        if shifted != bool(self.backbone.get("shift", False)):
+            kind = "a shifted (Dream-style)" if shifted else "an unshifted"
+            raise ConfigError(f"init_from {self.cfg.init_from} is {kind} diffusion model but the diffusion objectives "
+                              f"are {'un' if shifted else ''}shifted; set shift: {str(shifted).lower()} in every "
+                              "diffusion objective's params")
+
     def _check_lengths(self) -> None:
         """Fail before training if an objective's longest example would not fit the model."""
         limit = getattr(model_config(self.raw_model), "max_seq_len", None)
