@@ -246,12 +246,12 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
                 '<tool_call>{"name": "search", "arguments": {"query": "a</think>'):
         assert not c.valid(bad), bad
     assert c.complete('<tool_call>{"name": "answer", "arguments": {"text": "a"}}</tool_call>')
-    seen: list[str] = []
+    seen: list = []
 
     class Spy(ToolCallConstraint):
-        def commit_run(self, text, *a, **k):
-            out = super().commit_run(text, *a, **k)
-            seen.append(text)
+        def commit_run(self, state, *a, **k):
+            out = super().commit_run(state, *a, **k)
+            seen.append(out[1])
             return out
 
     spy = Spy(tool_call_schema(tools), max_think_chars=10)
@@ -261,13 +261,14 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
         assert c.valid(g.text), g.text  # an untrained model, yet every committed prefix is valid
         if c.complete(g.text):
             assert parse_action(g.text, tools).ok
-    assert seen and all(c.valid(t) for t in seen)
+    assert seen and all(st is not None for st in seen)  # no run ever leaves the valid prefixes
     gen = torch.Generator().manual_seed(0)  # greedy shortcut == argmax of the full candidate mask
     for state in ("", "<think>hm</think>", '<tool_call>{"name": "', '<tool_call>{"name": "search", "arguments": {"'):
         for _ in range(5):
             row = torch.randn(tiny_tokenizer.vocab_size, generator=gen)
-            full = c.mask_logits(row[None], [state], tiny_tokenizer)[0]
-            assert c.best_valid(state, row, tiny_tokenizer) == int(full.argmax())
+            st = c.state_of(state)
+            full = c.mask_logits(row[None], [st], tiny_tokenizer)[0]
+            assert c.best_valid(st, row, tiny_tokenizer) == int(full.argmax())
 
 
 def test_tool_call_constraint_keeps_numbers_within_schema_bounds():
@@ -286,3 +287,59 @@ def test_tool_call_constraint_keeps_numbers_within_schema_bounds():
                 '"k": 3, "t": 3'):
         assert not c.valid(call + bad), bad
     assert c.complete(call + '"k": 2}}</tool_call>') and not c.complete(call + '"k": 9}}</tool_call>')
+
+
+class _Biased(torch.nn.Module):
+    """A model whose logits favour a few tokens: an untrained model that still closes its tool calls."""
+
+    def __init__(self, inner: Transformer, bias: torch.Tensor):
+        super().__init__()
+        self.inner, self.cfg = inner, inner.cfg
+        self.register_buffer("bias", bias)
+
+    def new_kv_cache(self, *a, **k):
+        return self.inner.new_kv_cache(*a, **k)
+
+    def forward(self, *a, **k):
+        return self.inner(*a, **k) + self.bias
+
+
+def _tools(tmp_path):
+    from unimask.agent.tools import BM25Index, answer_tool, open_tool, search_tool
+
+    docs = [{"id": "json.dumps", "title": "json.dumps", "text": "serialize objects"}]
+    return [search_tool(BM25Index(docs, tmp_path), lambda d: d["text"]), open_tool(docs, lambda d: d["text"]),
+            answer_tool()]
+
+
+def test_fast_samplers_reproduce_todays_outputs(any_model, tiny_tokenizer, tmp_path):
+    """Against a frozen copy of today's samplers (tests/legacy_sampling.py), with forced tokens off:
+    the same text, stop reason and token ids (today's ids run on to the block's end), and never more
+    forward passes -- fewer only where today's decoded past the end of the action."""
+    from legacy_sampling import LegacyAR, LegacyDiffusion
+    from unimask.agent.protocol import tool_call_schema
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    tok = tiny_tokenizer
+    constraint = ToolCallConstraint(tool_call_schema(_tools(tmp_path)), max_think_chars=6)
+    bias = torch.zeros(tok.vocab_size)
+    for t in range(tok.vocab_size):
+        piece = tok.decode([t])
+        if piece in ('"', "}", "}}", "</tool_call>", "<tool_call>", "<|end|>"):
+            bias[t] = {'"': 9.0, "}}": 8.0, "</tool_call>": 8.0}.get(piece, 5.0)
+    prompts = ["<|user|>q<|end|><|assistant|>", "import json\n"]
+    fewer = 0
+    for model, c in ((any_model, None), (_Biased(any_model, bias).eval(), constraint)):
+        arms = [(ARBackbone(model, tok), LegacyAR(model, tok), {})]
+        for mode, bl, shift, extra in (("block", 4, False, {}), ("block", 3, True, {}), ("full", 4, False, {"cache": "dual"})):
+            arms.append((DiffusionBackbone(model, tok, mode=mode, block_length=bl, shift=shift),
+                         LegacyDiffusion(model, tok, mode=mode, block_length=bl, shift=shift), extra))
+        for new, old, extra in arms:
+            for threshold in ((0.9,) if isinstance(new, ARBackbone) else (0.9, 0.0, None)):
+                kw = {"max_new_tokens": 40, "stop": ["<|end|>"], "constraint": c, "threshold": threshold, **extra}
+                for a, b in zip(new.generate(prompts, **kw), old.generate(prompts, **kw), strict=True):
+                    assert (a.text, a.stop_reason) == (b.text, b.stop_reason), (type(new), c, threshold)
+                    assert a.token_ids == b.token_ids[: len(a.token_ids)]
+                    assert a.nfe <= b.nfe
+                    fewer += a.nfe < b.nfe
+    assert fewer  # the padding blocks / final passes after the action are gone
