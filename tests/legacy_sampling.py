@@ -386,7 +386,8 @@ class LegacyAR(ARBackbone):
         reason: list[str | None] = [None] * B
         next_pos = structure.position_ids[:, -1] + 1
         history = torch.zeros(B, 0, dtype=torch.long, device=self.device)
-        constraint = LegacyConstraint(constraint) if constraint is not None else None
+        if constraint is not None and not isinstance(constraint, LegacyConstraint):
+            constraint = LegacyConstraint(constraint)
         states = [constraint.start() for _ in range(B)] if constraint is not None else None
         for step in range(max_new_tokens):
             if logits_processor is not None:
