@@ -343,3 +343,84 @@ def test_fast_samplers_reproduce_todays_outputs(any_model, tiny_tokenizer, tmp_p
                     assert a.nfe <= b.nfe
                     fewer += a.nfe < b.nfe
     assert fewer  # the padding blocks / final passes after the action are gone
+
+
+def test_incremental_parser_agrees_with_the_whole_text_check(tmp_path):
+    """``feed`` from the start state accepts exactly the prefixes ``valid`` accepts, and completes
+    exactly where ``complete`` does, on canonical actions and random edits of them."""
+    import random
+
+    from unimask.agent.protocol import format_action
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    args = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 1, "maximum": 5},
+                                             "t": {"type": "number", "minimum": -1.5, "maximum": 2},
+                                             "q": {"type": "string"}, "e": {"type": "string", "enum": ["ab", "abc"]},
+                                             "b": {"type": "boolean"}}, "required": ["k"]}
+    schema = {"oneOf": [{"properties": {"name": {"const": "f"}, "arguments": args}},
+                        {"properties": {"name": {"const": "search"}, "arguments": {
+                            "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
+                        {"properties": {"name": {"const": "sea"}, "arguments": {"type": "object", "properties": {}}}}]}
+    c = ToolCallConstraint(schema, max_think_chars=6)
+    base = [format_action("f", {"k": 3, "t": -1.25, "q": 'a\\"b', "e": "abc", "b": True}, "hmm"),
+            format_action("search", {"query": "json dumps"}, "abcdef"), format_action("sea", {}),
+            format_action("f", {"t": 3, "k": 0})]
+    alphabet = list('{}":, -.0159tfabekqs\\') + ["<tool_call>", "</tool_call>", "<think>", "</think>", "<|end|>"]
+    rng = random.Random(0)
+    for _ in range(300):
+        s = rng.choice(base)
+        for _ in range(rng.randint(0, 3)):
+            i = rng.randint(0, len(s))
+            s = s[:i] + rng.choice(alphabet) + s[i + rng.randint(0, 1):]
+        state = c.start()
+        for j, ch in enumerate(s + " "):
+            p = s[:j]
+            assert (state is not None) == c.valid(p), p
+            if state is not None:
+                assert c.is_complete(state) == c.complete(p), p
+            state = c.feed(state, ch)
+    forced = {"": "", "<think>ab</think>": '<tool_call>{"name": "', '<tool_call>{"name": "se': "a",
+              '<tool_call>{"name": "sear': 'ch", "arguments": {"query": "',
+              '<tool_call>{"name": "f", "arguments": {"e": "a': "b",
+              '<tool_call>{"name": "search", "arguments": {"query": "a"': "}}</tool_call>"}
+    for text, rest in forced.items():
+        assert c.forced(c.state_of(text)) == rest, text
+
+
+def test_forced_tokens_cost_no_pass_and_keep_greedy_choices(any_model, tiny_tokenizer, tmp_path):
+    """Jump-forward AR: every token is either the constraint's forced continuation or the greedy
+    valid choice of an uncached re-forward of the same prefix. Diffusion pre-fill: valid actions,
+    fewer passes. Both report how many tokens were forced."""
+    from unimask.agent.protocol import tool_call_schema
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    tok = tiny_tokenizer
+    c = ToolCallConstraint(tool_call_schema(_tools(tmp_path)), max_think_chars=6)
+    bias = torch.zeros(tok.vocab_size)
+    for t in range(tok.vocab_size):
+        bias[t] = {'"': 9.0, "}}": 8.0, "</tool_call>": 8.0, "<tool_call>": 5.0}.get(tok.decode([t]), 0.0)
+    model = _Biased(any_model, bias).eval()
+    prompt = "<|user|>q<|end|><|assistant|>"
+    kw = {"max_new_tokens": 48, "stop": ["<|end|>"], "constraint": c}
+    ar = ARBackbone(model, tok)
+    g = ar.generate([prompt], forced_tokens=True, **kw)[0]
+    plain = ar.generate([prompt], **kw)[0]
+    assert c.complete(g.text) and g.info["forced_tokens"] > 0 and g.nfe + g.info["forced_tokens"] <= plain.nfe + 1
+    ids, st, queue = tok.encode(prompt), c.start(), []
+    with torch.no_grad():
+        for t in g.token_ids:
+            if not queue and not c.is_complete(st):
+                queue = c.forced_ids(st, tok)[0]
+            if c.is_complete(st):
+                assert t == tok.end_of_turn_id
+            elif queue:
+                assert t == queue.pop(0)
+            else:
+                assert t == c.best_valid(st, model(torch.tensor([ids]))[0, -1], tok)
+            st = st if c.is_complete(st) else c.advance(st, t, tok)
+            ids.append(t)
+    for shift in (False, True):
+        d = DiffusionBackbone(model, tok, mode="block", block_length=4, shift=shift)
+        fast = d.generate([prompt], forced_tokens=True, threshold=0.9, **kw)[0]
+        slow = d.generate([prompt], threshold=0.9, **kw)[0]
+        assert c.valid(fast.text) and fast.info["forced_tokens"] > 0 and fast.nfe < slow.nfe
