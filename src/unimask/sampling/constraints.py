@@ -426,6 +426,7 @@ class ToolCallConstraint:
         """
         rows = logits[start:]
         probs = rows.float().softmax(-1)
+        peak = probs.max(-1).values.tolist()
         ranked = rows.clone()
         ranked[:, mask_id] = float("-inf")
         top = torch.topk(ranked, min(self.candidates, ranked.shape[-1]), dim=-1).indices.tolist()
@@ -437,6 +438,8 @@ class ToolCallConstraint:
             if self.is_complete(state):
                 tok_id, conf = tokenizer.end_of_turn_id, 1.0
             else:
+                if commits and (threshold is None or peak[j] <= threshold):
+                    break  # its best valid token cannot be more confident than the row's best: no search
                 tok_id = self.best_valid(state, ranked[j], tokenizer, top[j])
                 conf = float(probs[j, tok_id])
             if commits and (threshold is None or conf <= threshold):
