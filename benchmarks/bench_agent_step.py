@@ -21,7 +21,7 @@ one. Per-pass costs are real; NFE and tokens per pass are those of the replay, n
 DLLM.
 
 Usage (one command; about 3 minutes on an idle machine):
-    python benchmarks/bench_agent_step.py [--run runs/base] [--actions 24] [--repeats 3]
+    python benchmarks/bench_agent_step.py [--run runs/base] [--actions 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--ar", default="", help="an AR checkpoint (default: the oracle-replay model)")
     ap.add_argument("--dllm", default="", help="a block-diffusion checkpoint of the same shape")
     ap.add_argument("--cache", default="/tmp/unimask_bench_cache", help="DocQA cache when the run has none")
-    ap.add_argument("--actions", type=int, default=24)
+    ap.add_argument("--actions", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

@@ -336,7 +336,7 @@ def test_fast_samplers_reproduce_todays_outputs(any_model, tiny_tokenizer, tmp_p
                          LegacyDiffusion(model, tok, mode=mode, block_length=bl, shift=shift), extra))
         for new, old, extra in arms:
             for threshold in ((0.9,) if isinstance(new, ARBackbone) else (0.9, 0.0, None)):
-                kw = {"max_new_tokens": 40, "stop": ["<|end|>"], "constraint": c, "threshold": threshold, **extra}
+                kw = {"max_new_tokens": 48, "stop": ["<|end|>"], "constraint": c, "threshold": threshold, **extra}
                 for a, b in zip(new.generate(prompts, **kw), old.generate(prompts, **kw), strict=True):
                     assert (a.text, a.stop_reason) == (b.text, b.stop_reason), (type(new), c, threshold)
                     assert a.token_ids == b.token_ids[: len(a.token_ids)]
