@@ -246,12 +246,12 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
                 '<tool_call>{"name": "search", "arguments": {"query": "a</think>'):
         assert not c.valid(bad), bad
     assert c.complete('<tool_call>{"name": "answer", "arguments": {"text": "a"}}</tool_call>')
-    seen: list[str] = []
+    seen: list = []
 
     class Spy(ToolCallConstraint):
-        def commit_run(self, text, *a, **k):
-            out = super().commit_run(text, *a, **k)
-            seen.append(text)
+        def commit_run(self, state, *a, **k):
+            out = super().commit_run(state, *a, **k)
+            seen.append(out[1])
             return out
 
     spy = Spy(tool_call_schema(tools), max_think_chars=10)
@@ -261,13 +261,14 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
         assert c.valid(g.text), g.text  # an untrained model, yet every committed prefix is valid
         if c.complete(g.text):
             assert parse_action(g.text, tools).ok
-    assert seen and all(c.valid(t) for t in seen)
+    assert seen and all(st is not None for st in seen)  # no run ever leaves the valid prefixes
     gen = torch.Generator().manual_seed(0)  # greedy shortcut == argmax of the full candidate mask
     for state in ("", "<think>hm</think>", '<tool_call>{"name": "', '<tool_call>{"name": "search", "arguments": {"'):
         for _ in range(5):
             row = torch.randn(tiny_tokenizer.vocab_size, generator=gen)
-            full = c.mask_logits(row[None], [state], tiny_tokenizer)[0]
-            assert c.best_valid(state, row, tiny_tokenizer) == int(full.argmax())
+            st = c.state_of(state)
+            full = c.mask_logits(row[None], [st], tiny_tokenizer)[0]
+            assert c.best_valid(st, row, tiny_tokenizer) == int(full.argmax())
 
 
 def test_tool_call_constraint_keeps_numbers_within_schema_bounds():
@@ -286,3 +287,140 @@ def test_tool_call_constraint_keeps_numbers_within_schema_bounds():
                 '"k": 3, "t": 3'):
         assert not c.valid(call + bad), bad
     assert c.complete(call + '"k": 2}}</tool_call>') and not c.complete(call + '"k": 9}}</tool_call>')
+
+
+class _Biased(torch.nn.Module):
+    """A model whose logits favour a few tokens: an untrained model that still closes its tool calls."""
+
+    def __init__(self, inner: Transformer, bias: torch.Tensor):
+        super().__init__()
+        self.inner, self.cfg = inner, inner.cfg
+        self.register_buffer("bias", bias)
+
+    def new_kv_cache(self, *a, **k):
+        return self.inner.new_kv_cache(*a, **k)
+
+    def forward(self, *a, **k):
+        return self.inner(*a, **k) + self.bias
+
+
+def _tools(tmp_path):
+    from unimask.agent.tools import BM25Index, answer_tool, open_tool, search_tool
+
+    docs = [{"id": "json.dumps", "title": "json.dumps", "text": "serialize objects"}]
+    return [search_tool(BM25Index(docs, tmp_path), lambda d: d["text"]), open_tool(docs, lambda d: d["text"]),
+            answer_tool()]
+
+
+def test_fast_samplers_reproduce_todays_outputs(any_model, tiny_tokenizer, tmp_path):
+    """Against a frozen copy of today's samplers (tests/legacy_sampling.py), with forced tokens off:
+    the same text, stop reason and token ids (today's ids run on to the block's end), and never more
+    forward passes -- fewer only where today's decoded past the end of the action."""
+    from legacy_sampling import LegacyAR, LegacyDiffusion
+    from unimask.agent.protocol import tool_call_schema
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    tok = tiny_tokenizer
+    constraint = ToolCallConstraint(tool_call_schema(_tools(tmp_path)), max_think_chars=6)
+    bias = torch.zeros(tok.vocab_size)
+    for t in range(tok.vocab_size):
+        piece = tok.decode([t])
+        if piece in ('"', "}", "}}", "</tool_call>", "<tool_call>", "<|end|>"):
+            bias[t] = {'"': 9.0, "}}": 8.0, "</tool_call>": 8.0}.get(piece, 5.0)
+    prompts = ["<|user|>q<|end|><|assistant|>", "import json\n"]
+    fewer = 0
+    for model, c in ((any_model, None), (_Biased(any_model, bias).eval(), constraint)):
+        arms = [(ARBackbone(model, tok), LegacyAR(model, tok), {})]
+        for mode, bl, shift, extra in (("block", 4, False, {}), ("block", 3, True, {}), ("full", 4, False, {"cache": "dual"})):
+            arms.append((DiffusionBackbone(model, tok, mode=mode, block_length=bl, shift=shift),
+                         LegacyDiffusion(model, tok, mode=mode, block_length=bl, shift=shift), extra))
+        for new, old, extra in arms:
+            for threshold in ((0.9,) if isinstance(new, ARBackbone) else (0.9, 0.0, None)):
+                kw = {"max_new_tokens": 48, "stop": ["<|end|>"], "constraint": c, "threshold": threshold, **extra}
+                for a, b in zip(new.generate(prompts, **kw), old.generate(prompts, **kw), strict=True):
+                    assert (a.text, a.stop_reason) == (b.text, b.stop_reason), (type(new), c, threshold)
+                    assert a.token_ids == b.token_ids[: len(a.token_ids)]
+                    assert a.nfe <= b.nfe
+                    fewer += a.nfe < b.nfe
+    assert fewer  # the padding blocks / final passes after the action are gone
+
+
+def test_incremental_parser_agrees_with_the_whole_text_check(tmp_path):
+    """``feed`` from the start state accepts exactly the prefixes ``valid`` accepts, and completes
+    exactly where ``complete`` does, on canonical actions and random edits of them."""
+    import random
+
+    from unimask.agent.protocol import format_action
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    args = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 1, "maximum": 5},
+                                             "t": {"type": "number", "minimum": -1.5, "maximum": 2},
+                                             "q": {"type": "string"}, "e": {"type": "string", "enum": ["ab", "abc"]},
+                                             "b": {"type": "boolean"}}, "required": ["k"]}
+    schema = {"oneOf": [{"properties": {"name": {"const": "f"}, "arguments": args}},
+                        {"properties": {"name": {"const": "search"}, "arguments": {
+                            "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
+                        {"properties": {"name": {"const": "sea"}, "arguments": {"type": "object", "properties": {}}}}]}
+    c = ToolCallConstraint(schema, max_think_chars=6)
+    base = [format_action("f", {"k": 3, "t": -1.25, "q": 'a\\"b', "e": "abc", "b": True}, "hmm"),
+            format_action("search", {"query": "json dumps"}, "abcdef"), format_action("sea", {}),
+            format_action("f", {"t": 3, "k": 0})]
+    alphabet = list('{}":, -.0159tfabekqs\\') + ["<tool_call>", "</tool_call>", "<think>", "</think>", "<|end|>"]
+    rng = random.Random(0)
+    for _ in range(300):
+        s = rng.choice(base)
+        for _ in range(rng.randint(0, 3)):
+            i = rng.randint(0, len(s))
+            s = s[:i] + rng.choice(alphabet) + s[i + rng.randint(0, 1):]
+        state = c.start()
+        for j, ch in enumerate(s + " "):
+            p = s[:j]
+            assert (state is not None) == c.valid(p), p
+            if state is not None:
+                assert c.is_complete(state) == c.complete(p), p
+            state = c.feed(state, ch)
+    forced = {"": "", "<think>ab</think>": '<tool_call>{"name": "', '<tool_call>{"name": "se': "a",
+              '<tool_call>{"name": "sear': 'ch", "arguments": {"query": "',
+              '<tool_call>{"name": "f", "arguments": {"e": "a': "b",
+              '<tool_call>{"name": "search", "arguments": {"query": "a"': "}}</tool_call>"}
+    for text, rest in forced.items():
+        assert c.forced(c.state_of(text)) == rest, text
+
+
+def test_forced_tokens_cost_no_pass_and_keep_greedy_choices(any_model, tiny_tokenizer, tmp_path):
+    """Jump-forward AR: every token is either the constraint's forced continuation or the greedy
+    valid choice of an uncached re-forward of the same prefix. Diffusion pre-fill: valid actions,
+    fewer passes. Both report how many tokens were forced."""
+    from unimask.agent.protocol import tool_call_schema
+    from unimask.sampling.constraints import ToolCallConstraint
+
+    tok = tiny_tokenizer
+    c = ToolCallConstraint(tool_call_schema(_tools(tmp_path)), max_think_chars=6)
+    bias = torch.zeros(tok.vocab_size)
+    for t in range(tok.vocab_size):
+        bias[t] = {'"': 9.0, "}}": 8.0, "</tool_call>": 8.0, "<tool_call>": 5.0}.get(tok.decode([t]), 0.0)
+    model = _Biased(any_model, bias).eval()
+    prompt = "<|user|>q<|end|><|assistant|>"
+    kw = {"max_new_tokens": 48, "stop": ["<|end|>"], "constraint": c}
+    ar = ARBackbone(model, tok)
+    g = ar.generate([prompt], forced_tokens=True, **kw)[0]
+    plain = ar.generate([prompt], **kw)[0]
+    assert c.complete(g.text) and g.info["forced_tokens"] > 0 and g.nfe + g.info["forced_tokens"] <= plain.nfe + 1
+    ids, st, queue = tok.encode(prompt), c.start(), []
+    with torch.no_grad():
+        for t in g.token_ids:
+            if not queue and not c.is_complete(st):
+                queue = c.forced_ids(st, tok)[0]
+            if c.is_complete(st):
+                assert t == tok.end_of_turn_id
+            elif queue:
+                assert t == queue.pop(0)
+            else:
+                assert t == c.best_valid(st, model(torch.tensor([ids]))[0, -1], tok)
+            st = st if c.is_complete(st) else c.advance(st, t, tok)
+            ids.append(t)
+    for shift in (False, True):
+        d = DiffusionBackbone(model, tok, mode="block", block_length=4, shift=shift)
+        fast = d.generate([prompt], forced_tokens=True, threshold=0.9, **kw)[0]
+        slow = d.generate([prompt], threshold=0.9, **kw)[0]
+        assert c.valid(fast.text) and fast.info["forced_tokens"] > 0 and fast.nfe < slow.nfe

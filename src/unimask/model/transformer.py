@@ -160,13 +160,11 @@ class Attention(nn.Module):
             start = cache.length
             if start + T > cache.max_len:
                 raise ValueError(f"KV cache overflow: {start}+{T} tokens > max_len {cache.max_len}")
-            if commit:
-                cache.k[layer][:, :, start : start + T] = k
-                cache.v[layer][:, :, start : start + T] = v
-                k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
-            else:
-                k = torch.cat([cache.k[layer][:, :, :start], k], dim=2)
-                v = torch.cat([cache.v[layer][:, :, :start], v], dim=2)
+            # commit=False writes into the free tail past cache.length and leaves the length alone: the
+            # next call overwrites it, and no copy of the cached keys is made (a torch.cat per layer was)
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
         if block_mask is not None:
             from torch.nn.attention.flex_attention import flex_attention
 

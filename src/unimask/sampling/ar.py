@@ -67,11 +67,20 @@ class ARBackbone:
         logits_processor: LogitsProcessor | None = None,
         on_update: Callable[[int, str], None] | None = None,
         prompt_ids: Sequence[list[int]] | None = None,
+        forced_tokens: bool | None = None,
         **unused: Any,
     ) -> list[Generation]:
+        """Decode every prompt; ``forced_tokens`` (with a constraint) is jump-forward decoding.
+
+        Tokens the constraint leaves no choice about cost no forward pass: the end of turn after a
+        complete action always, and with ``forced_tokens`` the schema's forced continuations.
+        Such tokens are queued and fed to the model together, in the next pass that needs logits;
+        rows advance in lock-step, so a pass is skipped only when every live row has a forced token.
+        """
         t0 = time.perf_counter()
         tok = self.tokenizer
         temperature = self.defaults.get("temperature", 0.0) if temperature is None else temperature
+        forced_tokens = bool(self.defaults.get("forced_tokens", False) if forced_tokens is None else forced_tokens)
         ids_list = list(prompt_ids) if prompt_ids is not None else [tok.encode(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")
@@ -93,26 +102,62 @@ class ARBackbone:
         next_pos = structure.position_ids[:, -1] + 1
         history = torch.zeros(B, 0, dtype=torch.long, device=self.device)
         states = [constraint.start() for _ in range(B)] if constraint is not None else None
-        for step in range(max_new_tokens):
-            if logits_processor is not None:
-                logits = logits_processor(history, logits)
-            if states is not None and not temperature:  # greedy: only the best valid token is needed
-                best = torch.tensor([constraint.best_valid(st, row, tok) for st, row in zip(states, logits, strict=True)],
-                                    device=logits.device)
-                logits = torch.full_like(logits, float("-inf")).scatter(1, best[:, None], 0.0)
-            elif states is not None:
-                logits = constraint.mask_logits(logits, states, tok)
-            nxt = sample_tokens(logits, temperature, top_k, top_p, gen)
+        queued: list[list[int]] = [[] for _ in range(B)]  # tokens the constraint forces, not yet written
+        jumped = [False] * B  # the queue holds forced continuations (not the end of turn)
+        n_forced = [0] * B
+        unfed: list[list[int]] = []  # tokens written since the last forward pass, one [B] row per step
+        for _ in range(max_new_tokens):
+            if states is not None:
+                for i in range(B):
+                    if reason[i] is None and not queued[i]:
+                        if constraint.is_complete(states[i]):
+                            queued[i], jumped[i] = [tok.end_of_turn_id], False
+                        elif forced_tokens:
+                            queued[i], jumped[i] = constraint.forced_ids(states[i], tok)[0], True
+            live = [i for i in range(B) if reason[i] is None]
+            if unfed and not all(queued[i] for i in live):
+                feed = torch.tensor(unfed, dtype=torch.long, device=self.device).T  # [B, n]
+                n = feed.shape[1]
+                offs = torch.arange(n, device=self.device)
+                new = AttentionStructure(
+                    torch.zeros(B, n, dtype=torch.long, device=self.device),
+                    (cache.length + offs).expand(B, n),
+                    torch.zeros(B, n, dtype=torch.bool, device=self.device),
+                    next_pos[:, None] + offs,
+                )
+                logits = self.model(feed, new, kv_cache=cache)[:, -1]
+                next_pos = next_pos + n
+                nfe += 1
+                unfed = []
+            if all(queued[i] for i in live):
+                nxt = torch.tensor([queued[i][0] if queued[i] else tok.pad_id for i in range(B)], device=self.device)
+            else:
+                if logits_processor is not None:
+                    logits = logits_processor(history, logits)
+                if states is not None and not temperature:  # greedy: only the best valid token is needed
+                    best = torch.tensor([constraint.best_valid(st, row, tok) for st, row in
+                                         zip(states, logits, strict=True)], device=logits.device)
+                    logits = torch.full_like(logits, float("-inf")).scatter(1, best[:, None], 0.0)
+                elif states is not None:
+                    logits = constraint.mask_logits(logits, states, tok)
+                nxt = sample_tokens(logits, temperature, top_k, top_p, gen)
+                for i in live:  # a forced token overrides the model (the constraint admits nothing else)
+                    if queued[i]:
+                        nxt[i] = queued[i][0]
             history = torch.cat([history, nxt[:, None]], dim=1)
+            unfed.append(nxt.tolist())
             for i in range(B):
                 if reason[i] is not None:
                     continue
+                if queued[i]:
+                    queued[i].pop(0)
+                    n_forced[i] += jumped[i]
                 t = int(nxt[i])
                 if t in stop_ids:
                     reason[i] = "eos"
                     continue
                 out[i].append(t)
-                if states is not None:
+                if states is not None and not constraint.is_complete(states[i]):
                     states[i] = constraint.advance(states[i], t, tok)
                 texts[i] = tok.decode(out[i])
                 cut = find_stop(texts[i], stops)
@@ -121,20 +166,11 @@ class ARBackbone:
                     reason[i] = "stop"
                 if on_update is not None:
                     on_update(i, texts[i])
-            if all(r is not None for r in reason) or step == max_new_tokens - 1:
+            if all(r is not None for r in reason):
                 break
-            new = AttentionStructure(
-                torch.zeros(B, 1, dtype=torch.long, device=self.device),
-                torch.full((B, 1), cache.length, dtype=torch.long, device=self.device),
-                torch.zeros(B, 1, dtype=torch.bool, device=self.device),
-                next_pos[:, None],
-            )
-            ids = nxt[:, None]
-            logits = self.model(ids, new, kv_cache=cache)[:, -1]
-            next_pos = next_pos + 1
-            nfe += 1
         wall = time.perf_counter() - t0
         return [
-            Generation(texts[i], out[i], nfe, wall, reason[i] or "length", {"tokens_per_step": len(out[i]) / nfe})
+            Generation(texts[i], out[i], nfe, wall, reason[i] or "length",
+                       {"tokens_per_step": len(out[i]) / nfe, "forced_tokens": n_forced[i]})
             for i in range(B)
         ]

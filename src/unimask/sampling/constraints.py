@@ -8,6 +8,13 @@ spacing. Supported argument schema subset: an object with ``properties`` whose t
 ``string`` (optionally ``enum``), ``integer`` or ``number`` (optionally ``minimum``/``maximum``)
 or ``boolean``, ``required`` keys, and no other keys (``additionalProperties: false`` is assumed).
 
+Decoding is incremental: a sampler holds a parser ``State`` (an immutable tuple) for the text
+committed so far and ``feed``s it each candidate token's text, so a check costs the token's few
+characters, never a re-parse of the action. ``valid``/``complete`` are the whole-text reference
+the parser is tested against. ``forced`` is the text the schema admits as the only continuation
+(JSON punctuation, key names, a tool name once its prefix is unique): samplers may write its
+tokens without a forward pass.
+
 AR decoding masks every candidate token that would break the prefix (checked over the top
 candidates by logit). Diffusion decoding commits, within a block, only a left-contiguous run of
 positions whose tokens keep the prefix valid -- so no committed position ever violates it --
@@ -16,6 +23,7 @@ while still committing several tokens per step when they are confident.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +38,13 @@ _NUM = re.compile(r"-?(\d+(\.\d*)?)?")
 # special tokens never belong inside an argument string (they would also break parsing)
 _SPECIAL_IN_STRINGS = ("<|", "<mask_", sp.TOOL_CALL_START, sp.TOOL_CALL_END, sp.THINK_START, sp.THINK_END, "<fim_",
                        "<sep>", "<eom>")
+_TAGS = (sp.TOOL_CALL_START, sp.TOOL_CALL_END, sp.THINK_START, sp.THINK_END)
+_DONE = ("done",)
+
+# A parser state: ("lit", ((literal, next state), ...), chars matched) | ("think", body chars) |
+# ("args", tool, keys seen) | ("str", tool, seen, key, raw value, escape pending) |
+# ("num", tool, seen, key, digits) | ("done",). None means the text can no longer be completed.
+State = tuple
 
 
 def _in_bounds(number: str, schema: dict[str, Any], final: bool) -> bool:
@@ -61,6 +76,14 @@ class ToolCallConstraint:
             raise ValueError("envelope schema has no tools: build it with agent.protocol.tool_call_schema")
         self.candidates = candidates
         self.max_think_chars = max_think_chars
+        self._after_think: State = ("lit", ((sp.TOOL_CALL_START, self._head()),), 0)
+        self._start: State = ("lit", ((sp.THINK_START, ("think", 0)), (sp.TOOL_CALL_START, self._head())), 0)
+        self._pieces: dict[int, dict[int, str]] = {}  # id(tokenizer) -> token id -> text
+
+    def _head(self) -> State:
+        """After ``<tool_call>``: the envelope up to the first argument, one literal per tool."""
+        return ("lit", tuple(('{"name": "' + name + '", "arguments": {', ("args", name, frozenset()))
+                             for name in self.tools), 0)
 
     # ------------------------------------------------------------------ prefix validity
     def valid(self, text: str) -> bool:
@@ -205,38 +228,186 @@ class ToolCallConstraint:
             return None, ""
         return "done", s[n:]
 
-    # ------------------------------------------------------------------ AR interface
-    def start(self) -> str:
+    # ------------------------------------------------------------------ incremental parser
+    def start(self) -> State:
+        """The state of the empty action."""
+        return self._start
+
+    def feed(self, state: State | None, text: str) -> State | None:
+        """The state after ``text``, or None once the action can no longer be completed."""
+        for ch in text:
+            if state is None:
+                return None
+            state = self._step(state, ch)
+        return state
+
+    def state_of(self, text: str) -> State | None:
+        return self.feed(self._start, text)
+
+    def is_complete(self, state: State | None) -> bool:
+        return state == _DONE
+
+    def piece(self, token_id: int, tokenizer: Any) -> str:
+        """The text of one token (decoded once per tokenizer)."""
+        cache = self._pieces.setdefault(id(tokenizer), {})
+        text = cache.get(token_id)
+        if text is None:
+            text = cache[token_id] = tokenizer.decode([token_id])
+        return text
+
+    def advance(self, state: State | None, token_id: int, tokenizer: Any) -> State | None:
+        return self.feed(state, self.piece(token_id, tokenizer))
+
+    def _key(self, tool: str, seen: frozenset[str]) -> State:
+        return ("lit", tuple((k + '": ', self._value_start(tool, seen, k)) for k in self.tools[tool].get("properties", {})
+                             if k not in seen), 0)
+
+    def _value_start(self, tool: str, seen: frozenset[str], key: str) -> State:
+        kind = self.tools[tool]["properties"][key].get("type", "string")
+        if kind == "string":
+            return ("lit", (('"', ("str", tool, seen, key, "", False)),), 0)
+        if kind == "boolean":
+            after = ("args", tool, seen | {key})
+            return ("lit", (("true", after), ("false", after)), 0)
+        return ("num", tool, seen, key, "")
+
+    def _step(self, st: State, ch: str) -> State | None:
+        """One character of the grammar ``valid`` checks (see the module docstring)."""
+        kind = st[0]
+        if kind == "lit":
+            i = st[2]
+            keep = tuple(c for c in st[1] if c[0][i] == ch)
+            if not keep:
+                return None
+            for lit, nxt in keep:
+                if len(lit) == i + 1:
+                    return nxt
+            return ("lit", keep, i + 1)
+        if kind == "think":
+            if ch == "<":
+                return ("lit", ((sp.THINK_END, self._after_think),), 1)
+            return ("think", st[1] + 1) if st[1] < self.max_think_chars else None
+        if kind == "args":
+            tool, seen = st[1], st[2]
+            schema = self.tools[tool]
+            if ch == "}":
+                if not set(schema.get("required", [])) <= seen:
+                    return None
+                return ("lit", (("}}" + sp.TOOL_CALL_END, _DONE),), 1)
+            if not set(schema.get("properties", {})) - seen:
+                return None
+            if seen:
+                return ("lit", ((', "', self._key(tool, seen)),), 1) if ch == "," else None
+            return self._key(tool, seen) if ch == '"' else None
+        if kind == "str":
+            _, tool, seen, key, raw, esc = st
+            schema = self.tools[tool]["properties"][key]
+            enum = schema.get("enum")
+            if ch == '"' and not esc:
+                if (enum is not None and raw not in enum) or len(raw) < schema.get("minLength", 0):
+                    return None
+                return ("args", tool, seen | {key})
+            raw += ch
+            if any(raw.endswith(tag) for tag in _SPECIAL_IN_STRINGS):
+                return None
+            if enum is not None and not any(str(e).startswith(raw) for e in enum):
+                return None
+            return ("str", tool, seen, key, raw, not esc and ch == "\\")
+        if kind == "num":
+            _, tool, seen, key, buf = st
+            schema = self.tools[tool]["properties"][key]
+            integer = schema.get("type") == "integer"
+            s = buf + ch
+            m = (_INT if integer else _NUM).match(s)
+            n = m.end() if m else 0
+            if n == len(s):
+                final = integer and s.lstrip("-") == "0"  # an integer 0 cannot grow more digits
+                return ("num", tool, seen, key, s) if _in_bounds(s, schema, final) else None
+            if n == 0 or s[n - 1] in "-." or not _in_bounds(s[:n], schema, final=True):
+                return None
+            return self.feed(("args", tool, seen | {key}), s[n:])
+        return None  # done: nothing may follow the closing tag
+
+    # ------------------------------------------------------------------ forced continuations
+    def forced(self, state: State | None) -> str:
+        """The text every valid completion of ``state`` starts with (never a part of a special tag)."""
+        out = ""
+        while state is not None:
+            chunk = self._forced_chunk(state)
+            nxt = self.feed(state, chunk) if chunk else None
+            if nxt is None:
+                break
+            out, state = out + chunk, nxt
+        lt = out.rfind("<")
+        if lt >= 0 and any(tag.startswith(out[lt:]) and tag != out[lt:] for tag in _TAGS):
+            out = out[:lt]  # a special tag is one token: never write half of one
+        return out
+
+    def _forced_chunk(self, st: State) -> str:
+        kind = st[0]
+        if kind == "lit":
+            rests = [lit[st[2]:] for lit, _ in st[1]]
+            return rests[0] if len(rests) == 1 else os.path.commonprefix(rests)
+        if kind == "args":
+            tool, seen = st[1], st[2]
+            schema = self.tools[tool]
+            can_close = set(schema.get("required", [])) <= seen
+            can_key = bool(set(schema.get("properties", {})) - seen)
+            if can_close != can_key:
+                return "}" if can_close else (', "' if seen else '"')
+            return ""
+        if kind == "str":
+            enum = self.tools[st[1]]["properties"][st[3]].get("enum")
+            if enum is None or st[5]:
+                return ""
+            raw = st[4]
+            return os.path.commonprefix([str(e)[len(raw):] + '"' for e in enum if str(e).startswith(raw)])
         return ""
 
-    def advance(self, state: str, token_id: int, tokenizer: Any) -> str:
-        return state + tokenizer.decode([token_id])
+    def forced_ids(self, state: State | None, tokenizer: Any) -> tuple[list[int], State | None]:
+        """The tokens of ``forced(state)`` and the state after them."""
+        text = self.forced(state)
+        if not text:
+            return [], state
+        ids: list[int] = []
+        for t in tokenizer.encode(text):
+            nxt = self.advance(state, t, tokenizer)
+            if nxt is None:  # a tokenisation that does not round-trip: write only what is safe
+                break
+            ids.append(t)
+            state = nxt
+        return ids, state
 
-    def best_valid(self, state: str, logits: Tensor, tokenizer: Any) -> int:
-        """The highest-scoring token that keeps ``state`` a valid prefix (greedy, without a full mask).
+    # ------------------------------------------------------------------ AR interface
+    def best_valid(self, state: State | None, logits: Tensor, tokenizer: Any,
+                   candidates: list[int] | None = None) -> int:
+        """The highest-scoring token that keeps ``state`` valid (greedy, without a full mask).
 
-        Walks the candidates best-first and stops at the first valid one: on a trained model that is
-        usually the argmax, so one validity check instead of ``candidates``.
+        Walks the candidates best-first (``candidates``: the row's precomputed top-k ids) and stops
+        at the first valid one: on a trained model that is usually the argmax, so one check.
         """
-        if self.complete(state):
+        if self.is_complete(state):
             return tokenizer.end_of_turn_id
-        for t in torch.topk(logits, min(self.candidates, logits.shape[-1])).indices.tolist():
-            if self.valid(state + tokenizer.decode([t])):
-                return t
+        if state is not None:
+            if candidates is None:
+                candidates = torch.topk(logits, min(self.candidates, logits.shape[-1])).indices.tolist()
+            for t in candidates:
+                if self.advance(state, t, tokenizer) is not None:
+                    return t
         return int(self.mask_logits(logits[None], [state], tokenizer)[0].argmax())
 
-    def mask_logits(self, logits: Tensor, states: Sequence[str], tokenizer: Any) -> Tensor:
+    def mask_logits(self, logits: Tensor, states: Sequence[State | None], tokenizer: Any) -> Tensor:
         """Keep, per row, only the top candidates that keep the text a valid prefix."""
         out = torch.full_like(logits, float("-inf"))
         k = min(self.candidates, logits.shape[-1])
-        top = torch.topk(logits, k, dim=-1).indices
+        top = torch.topk(logits, k, dim=-1).indices.tolist()
         for b, state in enumerate(states):
-            if self.complete(state):
+            if self.is_complete(state):
                 out[b, tokenizer.end_of_turn_id] = 0.0
                 continue
-            kept = [int(t) for t in top[b] if self.valid(state + tokenizer.decode([int(t)]))]
+            kept = [t for t in top[b] if self.advance(state, t, tokenizer) is not None]
             if not kept:  # nothing among the candidates: fall back to the full vocabulary scan
-                kept = [t for t in range(logits.shape[-1]) if self.valid(state + tokenizer.decode([t]))][:1]
+                kept = next(([t] for t in range(logits.shape[-1]) if self.advance(state, t, tokenizer) is not None), [])
             if kept:
                 out[b, kept] = logits[b, kept]
             else:
@@ -244,33 +415,36 @@ class ToolCallConstraint:
         return out
 
     # ------------------------------------------------------------------ diffusion interface
-    def commit_run(self, text: str, block: list[int], masked: list[bool], logits: Tensor, tokenizer: Any,
-                   threshold: float | None, mask_id: int) -> list[tuple[int, int]]:
-        """(position, token) commits for a diffusion step: a left-contiguous run of valid tokens.
+    def commit_run(self, state: State | None, masked: list[bool], start: int, logits: Tensor, tokenizer: Any,
+                   threshold: float | None, mask_id: int) -> tuple[list[tuple[int, int]], State | None]:
+        """(position, token) commits for a diffusion step, and the state after them.
 
-        The first masked position always gets its best valid token; the following masked
-        positions join the run while their best valid token is confident (> ``threshold``).
+        ``state`` is the action up to block position ``start`` (the first masked one). That
+        position always gets its best valid token; the following masked positions join the run
+        while their best valid token is confident (> ``threshold``). One top-k and one softmax
+        serve every position of the block.
         """
-        for j, m in enumerate(masked):  # text = committed action so far + the committed prefix of the block
-            if m:
-                break
-            text += tokenizer.decode([block[j]])
-        else:
-            return []
-        probs = logits.float().softmax(-1)
+        rows = logits[start:]
+        probs = rows.float().softmax(-1)
+        peak = probs.max(-1).values.tolist()
+        ranked = rows.clone()
+        ranked[:, mask_id] = float("-inf")
+        top = torch.topk(ranked, min(self.candidates, ranked.shape[-1]), dim=-1).indices.tolist()
         commits: list[tuple[int, int]] = []
-        for pos in range(j, len(block)):
+        for j in range(len(top)):
+            pos = start + j
             if not masked[pos]:
                 break
-            if self.complete(text):
+            if self.is_complete(state):
                 tok_id, conf = tokenizer.end_of_turn_id, 1.0
             else:
-                row = logits[pos].clone()
-                row[mask_id] = float("-inf")
-                tok_id = self.best_valid(text, row, tokenizer)
-                conf = float(probs[pos, tok_id])
+                if commits and (threshold is None or peak[j] <= threshold):
+                    break  # its best valid token cannot be more confident than the row's best: no search
+                tok_id = self.best_valid(state, ranked[j], tokenizer, top[j])
+                conf = float(probs[j, tok_id])
             if commits and (threshold is None or conf <= threshold):
                 break
             commits.append((pos, tok_id))
-            text += tokenizer.decode([tok_id])
-        return commits
+            if not self.is_complete(state):
+                state = self.advance(state, tok_id, tokenizer)
+        return commits, state

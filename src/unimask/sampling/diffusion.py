@@ -19,13 +19,19 @@ Shifted models (``shift=True``; Dream, and unimask DLLMs adapted from an AR mode
 targets): the logits at position i predict token i+1, so a block's first token is read from the
 last clean token's logits and every other masked token from its predecessor's.
 
-Generation stops early once a block contains EOS/pad, a stop id or a stop string.
+Generation stops as soon as the committed left-contiguous prefix holds EOS/pad or a stop string,
+mid-block included: no position after the end of the action costs a step. With a constraint,
+tokens it leaves no choice about are written without a forward pass: the end of turn once the
+action is complete (always; a block that would only hold it is never decoded) and, with
+``forced_tokens=True``, the schema's forced continuations, pre-filled into the block's next
+positions before the pass that decodes the rest.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -79,34 +85,88 @@ def choose_commits(
     conf = torch.where(masked, conf, torch.full_like(conf, float("-inf")))
     if allowed is not None:
         conf = torch.where(allowed, conf, torch.full_like(conf, float("-inf")))
-    commit = torch.zeros_like(masked)
-    for b in range(x.shape[0]):
-        if not bool(masked[b].any()):
-            continue
-        if threshold is not None:
-            sel = conf[b] > threshold
-            if not bool(sel.any()):
-                sel[int(conf[b].argmax())] = True
-            commit[b] = sel & torch.isfinite(conf[b])
-        else:
-            n = max(int(k[b]), 1)  # the schedule may run out when a constraint held positions back
-            if n > 0:
-                commit[b, torch.topk(conf[b], n).indices] = True
+    if threshold is not None:  # every confident position, else the most confident one
+        sel = conf > threshold
+        best = torch.zeros_like(sel).scatter(-1, conf.argmax(-1, keepdim=True), True)
+        commit = (sel | (best & ~sel.any(-1, keepdim=True))) & torch.isfinite(conf)
+    else:  # the schedule may run out when a constraint held positions back: at least one per step
+        n = k.clamp_min(1)
+        top = torch.topk(conf, int(n.max()), dim=-1).indices
+        first_n = torch.arange(top.shape[-1], device=top.device)[None] < n[:, None]
+        commit = torch.zeros_like(masked).scatter(-1, top, first_n)
     commit &= masked
     return torch.where(commit, x0, x), commit
 
 
-def _constrained(constraint: Any, tok: Tokenizer, before: Tensor, block: Tensor, masked: Tensor, logits: Tensor,
-                 threshold: float | None) -> tuple[Tensor, Tensor]:
-    """A constrained step: commit the left-contiguous run ``constraint.commit_run`` allows."""
-    commits = constraint.commit_run(tok.decode(before.tolist()), block[0].tolist(), masked[0].tolist(), logits[0],
-                                    tok, threshold, tok.mask_id)
-    block = block.clone()
-    commit = torch.zeros_like(masked)
-    for pos, t in commits:
-        block[0, pos] = t
-        commit[0, pos] = True
-    return block, commit
+@dataclass
+class _Action:
+    """The constrained action being decoded: its parser state and the tokens forced next."""
+
+    constraint: Any
+    tokenizer: Tokenizer
+    forced_tokens: bool
+    state: Any
+    queue: list[int] = field(default_factory=list)  # forced tokens not yet written (cross block ends)
+    n_forced: int = 0
+
+    def prefill(self, window: Tensor, masked: Tensor) -> None:
+        """Write what the constraint forces at the window's first masked positions (no forward pass)."""
+        m = masked[0].tolist()
+        if True not in m:
+            return
+        c, tok = self.constraint, self.tokenizer
+        for j in range(m.index(True), len(m)):
+            if not m[j]:
+                break
+            if c.is_complete(self.state):
+                t = tok.end_of_turn_id
+            else:
+                if not self.queue and self.forced_tokens:
+                    self.queue = c.forced_ids(self.state, tok)[0]
+                if not self.queue:
+                    break
+                t = self.queue.pop(0)
+                self.n_forced += 1
+                self.state = c.advance(self.state, t, tok)
+            window[0, j] = t
+            masked[0, j] = False
+
+    def step(self, logits: Tensor, window: Tensor, masked: Tensor, threshold: float | None) -> tuple[Tensor, Tensor]:
+        """A constrained step: commit the left-contiguous run ``constraint.commit_run`` allows."""
+        m = masked[0].tolist()
+        commits, self.state = self.constraint.commit_run(self.state, m, m.index(True), logits[0], self.tokenizer,
+                                                         threshold, self.tokenizer.mask_id)
+        commit = torch.zeros_like(masked)
+        if commits:
+            pos = torch.tensor([p for p, _ in commits], device=window.device)
+            window = window.clone()
+            window[0, pos] = torch.tensor([t for _, t in commits], device=window.device)
+            commit[0, pos] = True
+        return window, commit
+
+
+class _Stops:
+    """Watches the committed left-contiguous prefix of the generation for EOS/pad or a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop_ids: set[int], stops: list[str]):
+        self.tokenizer, self.stop_ids, self.stops = tokenizer, stop_ids, stops
+        self.ids: list[int] = []
+        self.hit = False
+
+    def extend(self, ids: list[int]) -> bool:
+        if ids and not self.hit:
+            self.ids += ids
+            self.hit = any(t in self.stop_ids for t in ids) or (
+                bool(self.stops) and find_stop(self.tokenizer.decode(self.ids), self.stops) >= 0)
+        return self.hit
+
+    def watch(self, window: Tensor, masked: Tensor, done: int) -> tuple[int, bool]:
+        """Extend by the window's newly committed prefix (``done`` positions were seen before)."""
+        m = masked[0].tolist()
+        upto = m.index(True) if True in m else len(m)
+        if upto > done:
+            self.extend(window[0, done:upto].tolist())
+        return max(upto, done), self.hit
 
 
 class DiffusionBackbone:
@@ -195,6 +255,9 @@ class DiffusionBackbone:
         tok = self.tokenizer
         P = len(prompt)
         x = torch.tensor([prompt + [tok.mask_id] * gen_len], device=self.device)
+        action = None if constraint is None else _Action(constraint, tok, bool(opts.get("forced_tokens")),
+                                                         constraint.start())
+        watch = _Stops(tok, self._stop_ids(), stops)
         nfe, reason, text, out = 0, None, "", []
         cache = None
         if self.mode == "block":
@@ -202,74 +265,96 @@ class DiffusionBackbone:
             pending = x[:, :P]  # clean tokens not yet in the cache
         for b in range(n_blocks):
             s, e = P + b * bl, P + (b + 1) * bl
+            seen = len(watch.ids)
             if self.mode == "block":
                 x, used = self._decode_block_cached(x, s, e, pending, cache, steps_per_block, threshold, opts,
-                                                    generator, constraint, P)
-                pending = x[:, s:e]
+                                                    generator, action, watch)
+                # a block written without a forward pass leaves its clean context for the next one to commit
+                pending = x[:, s:e] if used else torch.cat([pending, x[:, s:e]], 1)
             else:
                 x, used = self._denoise_full(x, slice(s, e), {**opts, "steps": steps_per_block}, generator,
-                                             constraint=constraint, gen_start=P)
+                                             action=action, watch=watch)
             nfe += used
-            text, out, reason = self._finish(x[0, P:e].tolist(), stops)
+            text, out, reason = self._finish(x[0, P:e].tolist(), stops, seen)
             if on_update is not None:
                 on_update(index, text)
             if reason is not None:
                 break
-        gen = x[0, P:].tolist()
-        committed = min(len(gen), (b + 1) * bl)
-        return Generation(text, out, nfe, time.perf_counter() - t0, reason or "length",
-                          {"tokens_per_step": committed / max(nfe, 1), "blocks": b + 1})
+        info = {"tokens_per_step": len(out) / max(nfe, 1), "blocks": b + 1}
+        if action is not None:
+            info["forced_tokens"] = action.n_forced
+        return Generation(text, out, nfe, time.perf_counter() - t0, reason or "length", info)
+
+    def _finish(self, gen_ids: list[int], stops: list[str], seen: int = 0) -> tuple[str, list[int], str | None]:
+        """Text and ids up to the first stop: ids end with the token that completes a stop string
+        (searched from index ``seen``: no stop ended before it)."""
+        tok = self.tokenizer
+        reason = None
+        for j, t in enumerate(gen_ids):
+            if t in self._stop_ids() or t == tok.mask_id:
+                gen_ids, reason = gen_ids[:j], "eos" if t != tok.mask_id else None
+                break
+        text = tok.decode(gen_ids)
+        cut = find_stop(text, stops)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+            n = next(n for n in range(max(seen, 1), len(gen_ids) + 1) if find_stop(tok.decode(gen_ids[:n]), stops) >= 0)
+            gen_ids = gen_ids[:n]
+        return text, gen_ids, reason
 
     def _decode_block_cached(self, x: Tensor, s: int, e: int, pending: Tensor, cache: Any, steps: int,
                              threshold: float | None, opts: dict[str, Any], generator: torch.Generator | None,
-                             constraint: Any, gen_start: int) -> tuple[Tensor, int]:
-        """Exact-cache block decoding. The first step also commits ``pending`` clean tokens."""
+                             action: _Action | None, watch: _Stops) -> tuple[Tensor, int]:
+        """Exact-cache block decoding. The first pass also commits ``pending`` clean tokens."""
         tok = self.tokenizer
         start = cache.length
         n_pend = pending.shape[1]
         block = x[:, s:e].clone()
         masked = block == tok.mask_id
+        if action is not None:
+            action.prefill(block, masked)
         k_sched = num_transfer_tokens(masked.sum(1), steps)
-        nfe = 0
-        step = 0
+        noisy = self._noisy(s, e)
+        nfe, step, done = 0, 0, 0
         first = None  # shifted models: the last clean token's logits predict the block's first token
-        while bool(masked.any()):
+        done, stopped = watch.watch(block, masked, done)
+        while not stopped and bool(masked.any()):
             if n_pend:
                 inp = torch.cat([pending, block], 1)
                 pos_p = torch.arange(start, start + n_pend, device=self.device)
                 clean = AttentionStructure(torch.zeros(1, n_pend, dtype=torch.long, device=self.device),
                                            pos_p[None], torch.zeros(1, n_pend, dtype=torch.bool, device=self.device),
                                            pos_p[None])
-                noisy = self._noisy(s, e)
                 logits = self.model(inp, AttentionStructure.cat([clean, noisy]), kv_cache=cache)[:, n_pend - 1:]
                 first, logits = logits[:, :1], logits[:, 1:]
                 cache.truncate(start + n_pend)  # keep the clean tokens, drop the noisy block
                 n_pend = 0
             else:
-                logits = self.model(block, self._noisy(s, e), kv_cache=cache, commit=False)
+                logits = self.model(block, noisy, kv_cache=cache, commit=False)
             if self.shift:
                 if first is None:
                     raise RuntimeError("a shifted block needs the clean context's last logits; none were computed")
                 logits = torch.cat([first, logits[:, :-1]], 1)
             nfe += 1
-            block, commit = self._step(logits, block, masked, x[0, gen_start:s], constraint, k_sched, step,
-                                       threshold, opts, generator)
+            block, commit = self._step(logits, block, masked, action, k_sched, step, threshold, opts, generator)
             masked &= ~commit
+            if action is not None:
+                action.prefill(block, masked)
+            done, stopped = watch.watch(block, masked, done)
             step += 1
         x = x.clone()
         x[:, s:e] = block
         return x, nfe
 
-    def _step(self, logits: Tensor, window: Tensor, masked: Tensor, before: Tensor, constraint: Any,
-              k_sched: Tensor, step: int, threshold: float | None, opts: dict[str, Any],
+    def _step(self, logits: Tensor, window: Tensor, masked: Tensor, action: _Action | None, k_sched: Tensor,
+              step: int, threshold: float | None, opts: dict[str, Any],
               generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One commit decision over a window: constrained left-to-right runs, or schedule/threshold."""
-        tok = self.tokenizer
-        if constraint is not None:
-            return _constrained(constraint, tok, before, window, masked, logits, threshold)
+        if action is not None:
+            return action.step(logits, window, masked, threshold)
         k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
         return choose_commits(logits, window, masked, k, threshold, opts.get("remasking") or "low_confidence",
-                              float(opts.get("temperature") or 0.0), generator, None, tok.mask_id)
+                              float(opts.get("temperature") or 0.0), generator, None, self.tokenizer.mask_id)
 
     def _noisy(self, s: int, e: int) -> AttentionStructure:
         n = e - s
@@ -279,7 +364,7 @@ class DiffusionBackbone:
                                   torch.ones(1, n, dtype=torch.bool, device=self.device), pos)
 
     def _denoise_full(self, x: Tensor, region: slice, opts: dict[str, Any], generator: torch.Generator | None,
-                      constraint: Any = None, gen_start: int = 0) -> tuple[Tensor, int]:
+                      action: _Action | None = None, watch: _Stops | None = None) -> tuple[Tensor, int]:
         """LLaDA-style bidirectional denoising of ``x[:, region]`` (everything else visible)."""
         tok = self.tokenizer
         L = x.shape[1]
@@ -292,11 +377,18 @@ class DiffusionBackbone:
         if lo < 0:
             raise ValueError("a shifted model predicts each token from the one before it: the masked region needs "
                              "at least one token before it (a non-empty prompt or prefix)")
-        masked_all = x == tok.mask_id
-        k_sched = num_transfer_tokens(masked_all[:, s:e].sum(1), steps)
-        nfe, step = 0, 0
+        blk = x[:, s:e].clone()
+        masked = blk == tok.mask_id
+        if action is not None:
+            action.prefill(blk, masked)
+            x = x.clone()
+            x[:, s:e] = blk
+        k_sched = num_transfer_tokens(masked.sum(1), steps)
+        nfe, step, done, stopped = 0, 0, 0, False
+        if watch is not None:
+            done, stopped = watch.watch(blk, masked, done)
         cache = None
-        while bool((x[:, s:e] == tok.mask_id).any()):
+        while not stopped and bool(masked.any()):
             if cache_mode == "none":
                 logits = self.model(x, full)[:, lo : lo + e - s]
             elif cache is None:
@@ -310,11 +402,13 @@ class DiffusionBackbone:
                 qs = full[lo:] if cache_mode == "prefix" else full[lo:e]
                 logits = self.model(q, qs, kv_cache=cache, commit=False)[:, : e - s]
             nfe += 1
-            blk = x[:, s:e]
-            masked = blk == tok.mask_id
-            new, _ = self._step(logits, blk, masked, x[0, gen_start:s], constraint, k_sched, step, threshold,
-                                opts, generator)
+            blk, commit = self._step(logits, x[:, s:e], masked, action, k_sched, step, threshold, opts, generator)
+            masked = masked & ~commit
+            if action is not None:
+                action.prefill(blk, masked)
             x = x.clone()
-            x[:, s:e] = new
+            x[:, s:e] = blk
+            if watch is not None:
+                done, stopped = watch.watch(blk, masked, done)
             step += 1
         return x, nfe
