@@ -91,6 +91,38 @@ def test_choose_commits_low_confidence_and_threshold():
     assert int(commit.sum()) == 1  # at least one token per step
 
 
+def _cut(tok, ids: list[int]) -> list[int]:
+    return ids[: next((i for i, t in enumerate(ids) if t in (tok.eos_id, tok.pad_id)), len(ids))]
+
+
+def _uncached_block_decode(model, tok, prompt: list[int], n: int, bl: int, shift: bool) -> list[int]:
+    """Block diffusion by re-forwarding the x_0 + noisy-block layout every step, one commit per step
+    (the most confident masked position). ``shift``: block position j reads the logits of j - 1."""
+    x0 = list(prompt)
+    P = len(prompt)
+    with torch.no_grad():
+        for s in range(P, P + n, bl):
+            block = [tok.mask_id] * bl
+            while tok.mask_id in block:
+                L = len(x0)
+                pos = torch.arange(L)
+                st = AttentionStructure(
+                    torch.zeros(1, L + bl, dtype=torch.long),
+                    torch.cat([pos, torch.full((bl,), s)])[None],
+                    torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(bl, dtype=torch.bool)])[None],
+                    torch.cat([pos, torch.arange(s, s + bl)])[None],
+                )
+                out = model(torch.tensor([x0 + block]), st)[0]
+                logits = (out[L - 1 : L + bl - 1] if shift else out[L:]).clone()
+                logits[..., tok.mask_id] = float("-inf")
+                conf, arg = logits.softmax(-1).max(-1)
+                conf = torch.where(torch.tensor(block) == tok.mask_id, conf, torch.tensor(-1.0))
+                j = int(conf.argmax())
+                block[j] = int(arg[j])
+            x0 += block
+    return x0[P:]
+
+
 def test_block_diffusion_cached_decoding_equals_uncached(any_model, tiny_tokenizer):
     """The exact-cache block sampler commits the same tokens as an uncached re-forward of the
     x_0 ⊕ noisy-block layout, step for step (one token per step)."""
@@ -98,37 +130,8 @@ def test_block_diffusion_cached_decoding_equals_uncached(any_model, tiny_tokeniz
     d = DiffusionBackbone(any_model, tok, mode="block", block_length=4)
     prompt = tok.encode("def f(x):")
     g = d.generate(["def f(x):"], max_new_tokens=8, threshold=None, stop_token_ids=[])[0]
-    # uncached reference
-    x0 = list(prompt)
-    P = len(prompt)
-    with torch.no_grad():
-        for s in range(P, P + 8, 4):
-            block = [tok.mask_id] * 4
-            while tok.mask_id in block:
-                L = len(x0)
-                pos = torch.arange(L)
-                st = AttentionStructure(
-                    torch.zeros(1, L + 4, dtype=torch.long),
-                    torch.cat([pos, torch.full((4,), s)])[None],
-                    torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])[None],
-                    torch.cat([pos, torch.arange(s, s + 4)])[None],
-                )
-                logits = any_model(torch.tensor([x0 + block]), st)[:, L:].clone()
-                logits[..., tok.mask_id] = float("-inf")
-                p = logits.softmax(-1)[0]
-                conf, arg = p.max(-1)
-                conf = torch.where(torch.tensor(block) == tok.mask_id, conf, torch.tensor(-1.0))
-                j = int(conf.argmax())
-                block[j] = int(arg[j])
-            x0 += block
-    ref = x0[P:]
-    cut = next((i for i, t in enumerate(ref) if t in (tok.eos_id, tok.pad_id)), len(ref))
-    assert g.token_ids == ref[:cut]
+    assert g.token_ids == _cut(tok, _uncached_block_decode(any_model, tok, prompt, 8, 4, shift=False))
     assert g.nfe == 8  # 4 steps per block, the clean-block commit folded into the next block's first step
-
-
-def _cut(tok, ids: list[int]) -> list[int]:
-    return ids[: next((i for i, t in enumerate(ids) if t in (tok.eos_id, tok.pad_id)), len(ids))]
 
 
 def test_shifted_block_decoding_reads_each_token_from_its_predecessor(any_model, tiny_tokenizer):
@@ -137,34 +140,12 @@ def test_shifted_block_decoding_reads_each_token_from_its_predecessor(any_model,
     is exactly greedy AR decoding of the same model."""
     tok = tiny_tokenizer
     prompt = tok.encode("def f(x):")
-    P = len(prompt)
     one = DiffusionBackbone(any_model, tok, mode="block", block_length=1, shift=True)
     g1 = one.generate(["def f(x):"], max_new_tokens=6, threshold=None, stop_token_ids=[])[0]
     assert g1.token_ids == _cut(tok, reference_greedy(any_model, prompt, 6))
     d = DiffusionBackbone(any_model, tok, mode="block", block_length=4, shift=True)
     g = d.generate(["def f(x):"], max_new_tokens=8, threshold=None, stop_token_ids=[])[0]
-    x0 = list(prompt)
-    with torch.no_grad():
-        for s in range(P, P + 8, 4):
-            block = [tok.mask_id] * 4
-            while tok.mask_id in block:
-                L = len(x0)
-                pos = torch.arange(L)
-                st = AttentionStructure(
-                    torch.zeros(1, L + 4, dtype=torch.long),
-                    torch.cat([pos, torch.full((4,), s)])[None],
-                    torch.cat([torch.zeros(L, dtype=torch.bool), torch.ones(4, dtype=torch.bool)])[None],
-                    torch.cat([pos, torch.arange(s, s + 4)])[None],
-                )
-                out = any_model(torch.tensor([x0 + block]), st)[0]
-                logits = torch.cat([out[L - 1 : L], out[L : L + 3]]).clone()
-                logits[..., tok.mask_id] = float("-inf")
-                conf, arg = logits.softmax(-1).max(-1)
-                conf = torch.where(torch.tensor(block) == tok.mask_id, conf, torch.tensor(-1.0))
-                j = int(conf.argmax())
-                block[j] = int(arg[j])
-            x0 += block
-    assert g.token_ids == _cut(tok, x0[P:])
+    assert g.token_ids == _cut(tok, _uncached_block_decode(any_model, tok, prompt, 8, 4, shift=True))
 
 
 def test_shifted_full_diffusion_is_exact_and_needs_a_prefix(model, tiny_tokenizer):
