@@ -74,6 +74,8 @@ CASES = [(n, {}) for n in objective_names()] + [
     ("masked_diffusion", {"shift": True}),
     ("agent_sft_diffusion", {"context_weight": 0.5, "shift": True}),
     ("copy_diffusion", {"repeats": 2, "min_span": 4, "max_span": 8, "block_size": 4, "shift": True}),
+    ("agent_sft_diffusion", {"ar_weight": 1.0, "context_weight": 0.5}),
+    ("agent_sft_diffusion", {"ar_weight": 1.0, "shift": True}),
 ]
 
 
@@ -218,6 +220,24 @@ def test_context_weight_scores_context_tokens(tiny_tokenizer, name, params):
     if not in_place:
         assert float(ex.loss_weights[ctx].sum()) == pytest.approx(0.5)
         assert torch.equal(ex.labels[L:], base.labels[L:])  # the action loss is untouched
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_ar_weight_scores_clean_actions_next_token(tiny_tokenizer, shift):
+    """ar_weight adds a next-token loss of that total weight on the clean stream's action tokens and
+    leaves the diffusion loss on the noisy half as it was."""
+    raw = trajectory(tiny_tokenizer)
+    L = len(raw.token_ids)
+    base = build_objective("agent_sft_diffusion", tiny_tokenizer, shift=shift)(raw, np.random.default_rng(5))
+    ex = build_objective("agent_sft_diffusion", tiny_tokenizer, ar_weight=0.7, shift=shift)(raw, np.random.default_rng(5))
+    actions = [i for i in range(L - 1) if raw.is_action[i + 1]]
+    assert all(int(ex.labels[i]) == raw.token_ids[i + 1] for i in actions)
+    assert not any(ex.labels[i] != IGNORE for i in range(L - 1) if not raw.is_action[i + 1])
+    added = ex.loss_weights[:L] - base.loss_weights[:L]  # shifted: a block's first target may sit here too
+    assert float(added.sum()) == pytest.approx(0.7)
+    assert torch.equal(ex.labels[L:], base.labels[L:]) and torch.equal(ex.loss_weights[L:], base.loss_weights[L:])
+    with pytest.raises(ValueError, match="aligned"):
+        build_objective("agent_sft_diffusion", tiny_tokenizer, ar_weight=0.7, aligned=False)
 
 
 def test_untrainable_action_is_context_for_every_trajectory_objective(tiny_tokenizer):

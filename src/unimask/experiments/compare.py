@@ -96,6 +96,8 @@ class CompareConfig:
     sft_batch: int = 8
     sft_lr: float = 2e-3
     sft_context_weight: float = 0.0  # LM loss on context tokens for every arm (agent_sft context_weight)
+    # next-token loss on the clean actions of the aligned DLLM's layout (agent_sft_diffusion ar_weight)
+    sft_ar_weight: float = 0.0
     pretrain_lr: float = 1e-3
     ablation_sft_steps: int = 300  # 0 = same as sft_steps
     # evaluation
@@ -350,7 +352,8 @@ def run_compare(cfg: CompareConfig) -> Path:
                 "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
     arms = {
         "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
-        "DLLM": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(**ctx)}], pre["dllm"], cfg.sft_steps),
+        "DLLM": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(ar_weight=cfg.sft_ar_weight, **ctx)}],
+                 pre["dllm"], cfg.sft_steps),
         "DLLM unaligned": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(aligned=False, **ctx)}],
                            pre["dllm"], cfg.ablation_sft_steps or cfg.sft_steps),
     }

@@ -21,6 +21,12 @@ tokens (question, tool observations), normalised by their number: next-token pre
 causal clean stream for AR and aligned diffusion, masked-token prediction in place when
 unaligned. Observations repeat what actions named (an opened id, a searched name), so this is
 cheap extra supervision for copying, which small, briefly pre-trained models otherwise lack.
+
+``ar_weight`` (aligned diffusion only, default 0) adds a next-token loss on the clean stream's
+*action* tokens: the AR loss on the clean half that context-causal block diffusion models train
+with (Fast-dLLM v2), here aimed at the actions, so that each name token is also learnt as a copy
+from its whole clean prefix -- the conditioning a shifted sampler sees once the token before it
+is decoded.
 """
 
 from __future__ import annotations
@@ -62,11 +68,18 @@ def _check(seq: TurnSequence) -> None:
         raise ValueError("trajectory has no assistant (action) turn to train on")
 
 
-def _context_lm(ids: torch.Tensor, action: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token labels on the context tokens of a causal clean stream, with weights summing to ``weight``."""
-    labels = torch.full_like(ids, IGNORE)
-    labels[:-1] = torch.where(action[1:], labels[:-1], ids[1:])
-    return labels, normalised_weights(labels, weight)
+def _clean_lm(ids: torch.Tensor, action: torch.Tensor, context_weight: float,
+              action_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token labels on a causal clean stream: context targets with weights summing to
+    ``context_weight``, action targets with weights summing to ``action_weight``."""
+    labels, weights = torch.full_like(ids, IGNORE), torch.zeros(len(ids))
+    for is_action, w in ((False, context_weight), (True, action_weight)):
+        if w > 0:
+            part = torch.full_like(ids, IGNORE)
+            part[:-1] = torch.where(action[1:] == is_action, ids[1:], part[:-1])
+            labels = torch.where(part == IGNORE, labels, part)
+            weights = weights + normalised_weights(part, w)
+    return labels, weights
 
 
 @dataclass
@@ -89,7 +102,7 @@ class AgentSFTAR:
         labels[:-1] = torch.where(action[1:], ids[1:], labels[:-1])
         weights = normalised_weights(labels)
         if self.context_weight > 0:
-            ctx_labels, ctx_weights = _context_lm(ids, action, self.context_weight)
+            ctx_labels, ctx_weights = _clean_lm(ids, action, self.context_weight)
             labels = torch.where(labels == IGNORE, ctx_labels, labels)
             weights = weights + ctx_weights
         att = AttentionStructure.causal(1, len(ids))
@@ -103,10 +116,19 @@ class AgentSFTDiffusion:
     aligned: bool = True
     pad_final_block: bool = True  # fill each action's last block with <|pad|> targets, as decoded
     context_weight: float = 0.0
+    # next-token loss on the clean stream's action tokens (aligned only): the AR loss on the clean
+    # context of Fast-dLLM v2-style block diffusion, here on the actions, so names are also learnt
+    # as AR copies from their full prefix
+    ar_weight: float = 0.0
     eps: float = 1e-3
     shift: bool = False  # Dream-style shifted targets (objectives.diffusion.shift_targets)
     name: str = "agent_sft_diffusion"
     reads: ClassVar[Reads] = "trajectory"
+
+    def __post_init__(self) -> None:
+        if self.ar_weight > 0 and not self.aligned:
+            raise ValueError("ar_weight needs the aligned layout (its causal clean stream); the unaligned "
+                             "ablation has no clean copy of the actions to score")
 
     def decoder(self) -> DecoderSpec:
         if not self.aligned:  # the unaligned ablation: plain bidirectional attention
@@ -142,8 +164,8 @@ class AgentSFTDiffusion:
         ids, att, twins = noisy_copy_layout(x0, doc, segments, masks, mask_id, "causal")
         L = len(x0)
         labels, weights = noisy_targets(x0, ids, twins, segments, masks, ts, n_action)
-        if self.context_weight > 0:
-            labels[:L], weights[:L] = _context_lm(x0, action, self.context_weight)
+        if self.context_weight > 0 or self.ar_weight > 0:
+            labels[:L], weights[:L] = _clean_lm(x0, action, self.context_weight, self.ar_weight)
         ex = TrainingExample.from_structure(ids, labels, weights, att, self.name)
         if self.pad_final_block:
             ex = self._pad_blocks(ex, segments, ts, n_action, rng)
