@@ -184,7 +184,10 @@ class DiffusionBackbone:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.mode = mode
-        self.kind: BackboneKind = next(k for k, m in MODES.items() if m == mode)
+        kinds = [k for k, m in MODES.items() if m == mode]
+        if not kinds:
+            raise ValueError(f"unknown diffusion mode {mode!r}: use one of {', '.join(MODES.values())}")
+        self.kind: BackboneKind = kinds[0]
         self.shift = shift
         self.block_length = block_length
         self.device = torch.device(device) if device else next(model.parameters()).device
