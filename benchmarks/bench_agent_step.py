@@ -45,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fr
 import legacy_sampling  # noqa: E402
 from legacy_sampling import LegacyAR, LegacyConstraint, LegacyDiffusion  # noqa: E402
 from unimask.agent import tool_call_schema  # noqa: E402
+from unimask.agent.constraint import ToolCallConstraint  # noqa: E402
 from unimask.envs.docqa import DocQAEnvironment, oracle_trajectories  # noqa: E402
 from unimask.model import Transformer  # noqa: E402
 from unimask.presets import model_preset  # noqa: E402
 from unimask.sampling import ARBackbone, DiffusionBackbone, load_backbone  # noqa: E402
 from unimask.sampling import ar as ar_module  # noqa: E402
 from unimask.sampling import diffusion as diffusion_module  # noqa: E402
-from unimask.sampling.constraints import ToolCallConstraint  # noqa: E402
 from unimask.tokenizer import Tokenizer, special  # noqa: E402
 from unimask.tokenizer.chat import Turn, render_text  # noqa: E402
 

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from unimask.agent import parse_action, tool_call_schema
+from unimask.agent.constraint import ToolCallConstraint
 from unimask.envs.docqa import DocQAEnvironment
 from unimask.sampling import load_backbone
-from unimask.sampling.constraints import ToolCallConstraint
 from unimask.tokenizer import special as sp
 from unimask.tokenizer.chat import Turn, render_text
 

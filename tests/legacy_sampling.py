@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from unimask.agent.constraint import ToolCallConstraint
 from unimask.model.attention import AttentionStructure
 from unimask.sampling.ar import ARBackbone, left_padded
 from unimask.sampling.backbone import Generation
-from unimask.sampling.constraints import ToolCallConstraint
 from unimask.sampling.decoding import add_gumbel_noise, find_stop, make_generator, sample_tokens
 from unimask.sampling.diffusion import DiffusionBackbone, Remasking, num_transfer_tokens
 from unimask.tokenizer import Tokenizer
@@ -178,7 +179,7 @@ class LegacyDiffusion(DiffusionBackbone):
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] | None = None,
                  constraint: Any | None = None, on_update: Callable[[int, str], None] | None = None,
                  prompt_ids: Sequence[list[int]] | None = None, **decoding: Any) -> list[Generation]:
-        opts = {**self.defaults, **decoding}
+        opts = {**asdict(self.defaults), **decoding}
         ids_list = list(prompt_ids) if prompt_ids is not None else [self.tokenizer.encode(p) for p in prompts]
         if constraint is not None and not isinstance(constraint, LegacyConstraint):
             constraint = LegacyConstraint(constraint)
@@ -365,7 +366,7 @@ class LegacyAR(ARBackbone):
     ) -> list[Generation]:
         t0 = time.perf_counter()
         tok = self.tokenizer
-        temperature = self.defaults.get("temperature", 0.0) if temperature is None else temperature
+        temperature = asdict(self.defaults).get("temperature", 0.0) if temperature is None else temperature
         ids_list = list(prompt_ids) if prompt_ids is not None else [tok.encode(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")

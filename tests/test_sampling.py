@@ -211,9 +211,9 @@ def test_context_overflow_is_a_clear_error(model, tiny_tokenizer):
 
 
 def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tmp_path):
+    from unimask.agent.constraint import ToolCallConstraint
     from unimask.agent.protocol import parse_action, tool_call_schema
     from unimask.agent.tools import BM25Index, answer_tool, open_tool, search_tool
-    from unimask.sampling.constraints import ToolCallConstraint
 
     docs = [{"id": "json.dumps", "title": "json.dumps", "text": "serialize objects"}]
     tools = [search_tool(BM25Index(docs, tmp_path), lambda d: d["text"]), open_tool(docs, lambda d: d["text"]),
@@ -253,7 +253,7 @@ def test_tool_call_constraint_keeps_every_commit_valid(model, tiny_tokenizer, tm
 
 
 def test_tool_call_constraint_keeps_numbers_within_schema_bounds():
-    from unimask.sampling.constraints import ToolCallConstraint
+    from unimask.agent.constraint import ToolCallConstraint
 
     args = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 1, "maximum": 5},
                                              "t": {"type": "number", "minimum": -1.5, "maximum": 2}},
@@ -298,8 +298,8 @@ def test_fast_samplers_reproduce_todays_outputs(any_model, tiny_tokenizer, tmp_p
     the same text, stop reason and token ids (today's ids run on to the block's end), and never more
     forward passes -- fewer only where today's decoded past the end of the action."""
     from legacy_sampling import LegacyAR, LegacyDiffusion
+    from unimask.agent.constraint import ToolCallConstraint
     from unimask.agent.protocol import tool_call_schema
-    from unimask.sampling.constraints import ToolCallConstraint
 
     tok = tiny_tokenizer
     constraint = ToolCallConstraint(tool_call_schema(_tools(tmp_path)), max_think_chars=6)
@@ -331,8 +331,8 @@ def test_incremental_parser_agrees_with_the_whole_text_check(tmp_path):
     exactly where ``complete`` does, on canonical actions and random edits of them."""
     import random
 
+    from unimask.agent.constraint import ToolCallConstraint
     from unimask.agent.protocol import format_action
-    from unimask.sampling.constraints import ToolCallConstraint
 
     args = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 1, "maximum": 5},
                                              "t": {"type": "number", "minimum": -1.5, "maximum": 2},
@@ -372,8 +372,8 @@ def test_forced_tokens_cost_no_pass_and_keep_greedy_choices(any_model, tiny_toke
     """Jump-forward AR: every token is either the constraint's forced continuation or the greedy
     valid choice of an uncached re-forward of the same prefix. Diffusion pre-fill: valid actions,
     fewer passes. Both report how many tokens were forced."""
+    from unimask.agent.constraint import ToolCallConstraint
     from unimask.agent.protocol import tool_call_schema
-    from unimask.sampling.constraints import ToolCallConstraint
 
     tok = tiny_tokenizer
     c = ToolCallConstraint(tool_call_schema(_tools(tmp_path)), max_think_chars=6)

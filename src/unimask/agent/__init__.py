@@ -1,5 +1,6 @@
 """The agent runtime: tool protocol, tools, environments, the loop and scripted policies."""
 
+from unimask.agent.constraint import ToolCallConstraint
 from unimask.agent.env import Environment, Task, exact_match, token_f1
 from unimask.agent.loop import EpisodeRecord, LoopConfig, run_episodes
 from unimask.agent.policy import ScriptedPolicy
@@ -7,7 +8,8 @@ from unimask.agent.protocol import Failure, format_action, parse_action, system_
 from unimask.agent.tools import Observation, Tool
 
 __all__ = [
-    "Environment", "EpisodeRecord", "Failure", "LoopConfig", "Observation", "ScriptedPolicy", "Task", "Tool", "exact_match",
+    "Environment", "EpisodeRecord", "Failure", "LoopConfig", "Observation", "ScriptedPolicy", "Task", "Tool", "ToolCallConstraint",
+    "exact_match",
     "format_action", "parse_action", "run_episodes", "system_prompt", "token_f1",
     "tool_call_schema",
 ]

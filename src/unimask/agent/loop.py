@@ -17,10 +17,11 @@ from typing import Any, TypedDict
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from unimask.agent.constraint import ToolCallConstraint
 from unimask.agent.env import Environment, Task, exact_match, token_f1
 from unimask.agent.protocol import Failure, parse_action, tool_call_schema
 from unimask.sampling.backbone import Backbone
-from unimask.sampling.constraints import ToolCallConstraint
+from unimask.sampling.constraint import Constraint
 from unimask.tokenizer import special as sp
 from unimask.tokenizer.chat import Turn, render_text
 
@@ -163,7 +164,7 @@ def run_episodes(
 
 
 def _round(live: list[Episode], backbone: Backbone, tools: dict[str, Any], cfg: LoopConfig,
-           constraint: Any) -> None:
+           constraint: Constraint | None) -> None:
     prompts, ready = [], []
     for e in live:
         used = sum(r["tokens"] for r in e.rounds)

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from unimask.sampling.backbone import Generation
+from unimask.sampling.constraint import Constraint
+from unimask.sampling.options import check_options
 from unimask.tokenizer import Tokenizer
 from unimask.tokenizer.chat import Turn, parse_rendered
 
@@ -19,7 +21,8 @@ class ScriptedPolicy:
         self.tokenizer = tokenizer
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, stop: Sequence[str] | None = None,
-                 constraint: Any | None = None, **decoding: Any) -> list[Generation]:
+                 constraint: Constraint | None = None, **decoding: Any) -> list[Generation]:
+        check_options(decoding)  # read by no policy, but a misspelt option is still an error
         out = []
         for p in prompts:
             t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Parsing is tolerant of text around the call but strict about what counts as a call; every way
 an action can fail has a name in ``Failure`` so the comparison can report invalid-call rates
-by type.
+by type. The same grammar, as a decoding constraint, is ``constraint.ToolCallConstraint``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class ParsedAction:
     def ok(self) -> bool:
         return self.failure is None
 
+
+# The call's text around the tool name and the arguments' members, in ``json.dumps``'s canonical
+# spacing as ``format_action`` writes it; ``constraint.ToolCallConstraint`` accepts exactly this form.
+CALL_HEAD, CALL_MID, CALL_TAIL = '{"name": "', '", "arguments": {', "}}"
 
 _CALL = re.compile(re.escape(sp.TOOL_CALL_START) + r"(.*?)(?:" + re.escape(sp.TOOL_CALL_END) + r"|$)", re.S)
 _THINK = re.compile(re.escape(sp.THINK_START) + r"(.*?)" + re.escape(sp.THINK_END), re.S)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from unimask.config import ConfigError, parse_overrides
+from unimask.sampling.options import UnknownOptionError
 
 console = Console(stderr=True)
 
@@ -35,6 +36,6 @@ def friendly_errors() -> Iterator[None]:
     """Turn expected user errors (bad config, missing files, bad data) into a red line and exit 2."""
     try:
         yield
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, UnknownOptionError) as e:
         console.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None

@@ -24,6 +24,7 @@ from unimask.evals import loss as eval_loss
 from unimask.evals.humaneval import HumanEvalConfig, run_humaneval
 from unimask.evals.infill import InfillConfig, run_infill
 from unimask.io import atomic_write_text
+from unimask.sampling.options import check_options
 from unimask.sandbox.check import run_checks
 
 eval_app = typer.Typer(
@@ -40,7 +41,10 @@ def _backbone(checkpoint: str, device: str) -> Any:
 
 
 def _decoding(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in raw.items()}
+    """``--decoding.NAME VALUE`` options, YAML-parsed and checked against ``DecodingOptions``."""
+    options = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in raw.items()}
+    check_options(options)
+    return options
 
 
 class _Progress:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from unimask.model.attention import AttentionStructure
 from unimask.sampling.backbone import Generation
+from unimask.sampling.constraint import Constraint
 from unimask.sampling.decoding import find_stop, make_generator, sample_tokens
+from unimask.sampling.options import DecodingOptions
 from unimask.tokenizer import Tokenizer
 
 LogitsProcessor = Callable[[Tensor, Tensor], Tensor]  # (generated ids [B, t], logits [B, V]) -> logits
@@ -40,15 +42,13 @@ def left_padded(prompts: Sequence[list[int]], pad_id: int, device: torch.device)
 class ARBackbone:
     """``generate`` for causal models: greedy/temperature/top-k/top-p, stop ids and strings."""
 
-    kind = "ar"
-
     def __init__(self, model: Any, tokenizer: Tokenizer, device: str | torch.device | None = None,
-                 kind: str = "ar", **defaults: Any):
+                 kind: Literal["ar", "hf"] = "ar", **defaults: Any):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.kind = kind
-        self.defaults = defaults
+        self.defaults = DecodingOptions().replace(**defaults)
         self.max_len = model.cfg.max_seq_len
 
     @torch.no_grad()
@@ -58,17 +58,11 @@ class ARBackbone:
         *,
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
-        constraint: Any | None = None,
-        temperature: float | None = None,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_token_ids: Sequence[int] | None = None,
+        constraint: Constraint | None = None,
         logits_processor: LogitsProcessor | None = None,
         on_update: Callable[[int, str], None] | None = None,
         prompt_ids: Sequence[list[int]] | None = None,
-        forced_tokens: bool | None = None,
-        **unused: Any,
+        **decoding: Any,
     ) -> list[Generation]:
         """Decode every prompt; ``forced_tokens`` (with a constraint) is jump-forward decoding.
 
@@ -79,8 +73,8 @@ class ARBackbone:
         """
         t0 = time.perf_counter()
         tok = self.tokenizer
-        temperature = self.defaults.get("temperature", 0.0) if temperature is None else temperature
-        forced_tokens = bool(self.defaults.get("forced_tokens", False) if forced_tokens is None else forced_tokens)
+        opts = self.defaults.replace(**decoding)
+        temperature, forced_tokens = opts.temperature, bool(opts.forced_tokens)
         ids_list = list(prompt_ids) if prompt_ids is not None else [tok.encode(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")
@@ -89,10 +83,10 @@ class ARBackbone:
             raise ValueError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model "
                              f"context of {self.max_len}; shorten the prompt or lower max_new_tokens")
         stops = list(stop or [])
-        stop_ids = set(stop_token_ids if stop_token_ids is not None else [tok.eos_id, tok.pad_id])
+        stop_ids = set(opts.stop_token_ids if opts.stop_token_ids is not None else [tok.eos_id, tok.pad_id])
         B = len(ids_list)
         ids, structure = left_padded(ids_list, tok.pad_id, self.device)
-        gen = make_generator(seed, self.device)
+        gen = make_generator(opts.seed, self.device)
         cache = self.model.new_kv_cache(B, ids.shape[1] + max_new_tokens)
         logits = self.model(ids, structure, kv_cache=cache)[:, -1]
         nfe = 1
@@ -140,7 +134,7 @@ class ARBackbone:
                     logits = torch.full_like(logits, float("-inf")).scatter(1, best[:, None], 0.0)
                 elif states is not None:
                     logits = constraint.mask_logits(logits, states, tok)
-                nxt = sample_tokens(logits, temperature, top_k, top_p, gen)
+                nxt = sample_tokens(logits, temperature, opts.top_k, opts.top_p, gen)
                 for i in live:  # a forced token overrides the model (the constraint admits nothing else)
                     if queued[i]:
                         nxt[i] = queued[i][0]

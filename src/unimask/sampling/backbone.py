@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from unimask.sampling.constraint import Constraint
 from unimask.tokenizer import Tokenizer
 
 StopReason = Literal["eos", "stop", "length", "constraint", "error"]
@@ -33,7 +34,9 @@ class Backbone(Protocol):
     """What the agent loop, the evals and the server need from any model."""
 
     tokenizer: Tokenizer
-    kind: str  # "ar", "diffusion", "hf", "scripted"
+    # the checkpoint's ``DecoderSpec.backbone`` ("ar", "block_diffusion", "masked_diffusion"), or
+    # "hf" (a transformers model) and "scripted" (a policy function), which no checkpoint describes
+    kind: str
 
     def generate(
         self,
@@ -41,6 +44,8 @@ class Backbone(Protocol):
         *,
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
-        constraint: Any | None = None,
+        constraint: Constraint | None = None,
         **decoding: Any,
-    ) -> list[Generation]: ...
+    ) -> list[Generation]:
+        """``decoding``: ``DecodingOptions`` names; any other name is an ``UnknownOptionError``."""
+        ...

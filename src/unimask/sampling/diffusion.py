@@ -29,6 +29,7 @@ positions before the pass that decodes the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +39,16 @@ import torch
 from torch import Tensor
 
 from unimask.model.attention import AttentionStructure
+from unimask.objectives.contract import BackboneKind
 from unimask.sampling.backbone import Generation
+from unimask.sampling.constraint import Constraint
 from unimask.sampling.decoding import add_gumbel_noise, find_stop, make_generator
+from unimask.sampling.options import DecodingOptions, Remasking
 from unimask.tokenizer import Tokenizer
 
-Remasking = Literal["low_confidence", "random"]
+Mode = Literal["block", "full"]
+# the decoder each diffusion kind (``DecoderSpec.backbone``) runs: exact-cache blocks, or LLaDA-style
+MODES: dict[BackboneKind, Mode] = {"block_diffusion": "block", "masked_diffusion": "full"}
 
 
 def num_transfer_tokens(n_masked: Tensor, steps: int) -> Tensor:
@@ -102,7 +108,7 @@ def choose_commits(
 class _Action:
     """The constrained action being decoded: its parser state and the tokens forced next."""
 
-    constraint: Any
+    constraint: Constraint
     tokenizer: Tokenizer
     forced_tokens: bool
     state: Any
@@ -172,19 +178,20 @@ class _Stops:
 class DiffusionBackbone:
     """``generate`` for diffusion checkpoints (see the module docstring for the modes)."""
 
-    kind = "diffusion"
-
-    def __init__(self, model: Any, tokenizer: Tokenizer, mode: Literal["block", "full"] = "block",
+    def __init__(self, model: Any, tokenizer: Tokenizer, mode: Mode = "block",
                  block_length: int = 16, device: str | torch.device | None = None, shift: bool = False,
                  **defaults: Any):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.mode = mode
+        kinds = [k for k, m in MODES.items() if m == mode]
+        if not kinds:
+            raise ValueError(f"unknown diffusion mode {mode!r}: use one of {', '.join(MODES.values())}")
+        self.kind: BackboneKind = kinds[0]
         self.shift = shift
         self.block_length = block_length
         self.device = torch.device(device) if device else next(model.parameters()).device
-        self.defaults = {"threshold": 0.9, "remasking": "low_confidence", "temperature": 0.0, "cache": "dual",
-                         **defaults}
+        self.defaults = DecodingOptions().replace(**defaults)
         self.max_len = model.cfg.max_seq_len
 
     # ------------------------------------------------------------------ public
@@ -195,13 +202,13 @@ class DiffusionBackbone:
         *,
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
-        constraint: Any | None = None,
+        constraint: Constraint | None = None,
         on_update: Callable[[int, str], None] | None = None,
         prompt_ids: Sequence[list[int]] | None = None,
         **decoding: Any,
     ) -> list[Generation]:
         # An explicit ``threshold=None`` switches to LLaDA's fixed schedule; omit it for the default.
-        opts = {**self.defaults, **decoding}
+        opts = self.defaults.replace(**decoding)
         ids_list = list(prompt_ids) if prompt_ids is not None else [self.tokenizer.encode(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")
@@ -213,10 +220,10 @@ class DiffusionBackbone:
         tok = self.tokenizer
         pre, suf = tok.encode(prefix), tok.encode(suffix)
         x = torch.tensor([pre + [tok.mask_id] * middle_tokens + suf], device=self.device)
-        opts = {**self.defaults, **decoding}
+        opts = self.defaults.replace(**decoding)
         t0 = time.perf_counter()
         region = slice(len(pre), len(pre) + middle_tokens)
-        x, nfe = self._denoise_full(x, region, opts, generator=make_generator(opts.get("seed"), self.device))
+        x, nfe = self._denoise_full(x, region, opts, generator=make_generator(opts.seed, self.device))
         mid = x[0, region].tolist()
         cut = next((i for i, t in enumerate(mid) if t in (tok.eos_id, tok.pad_id, tok.eom_id)), len(mid))
         return Generation(tok.decode(mid[:cut]), mid[:cut], nfe, time.perf_counter() - t0, "length",
@@ -226,36 +233,23 @@ class DiffusionBackbone:
     def _stop_ids(self) -> set[int]:
         return {self.tokenizer.eos_id, self.tokenizer.pad_id}
 
-    def _finish(self, gen_ids: list[int], stops: list[str]) -> tuple[str, list[int], str | None]:
-        tok = self.tokenizer
-        reason = None
-        for j, t in enumerate(gen_ids):
-            if t in self._stop_ids() or t == tok.mask_id:
-                gen_ids, reason = gen_ids[:j], "eos"
-                break
-        text = tok.decode(gen_ids)
-        cut = find_stop(text, stops)
-        if cut >= 0:
-            text, reason = text[:cut], "stop"
-        return text, gen_ids, reason
-
-    def _one(self, prompt: list[int], max_new: int, stops: list[str], constraint: Any,
-             on_update: Callable[[int, str], None] | None, index: int, opts: dict[str, Any]) -> Generation:
+    def _one(self, prompt: list[int], max_new: int, stops: list[str], constraint: Constraint | None,
+             on_update: Callable[[int, str], None] | None, index: int, opts: DecodingOptions) -> Generation:
         t0 = time.perf_counter()
-        bl = int(opts.get("block_length") or self.block_length)
+        bl = int(opts.block_length or self.block_length)
         n_blocks = -(-max_new // bl)
         gen_len = n_blocks * bl
         if len(prompt) + gen_len > self.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens + {gen_len} generated exceeds the model context "
                              f"of {self.max_len}; shorten the prompt or lower max_new_tokens")
-        steps = int(opts.get("steps") or gen_len)
+        steps = int(opts.steps or gen_len)
         steps_per_block = max(1, steps // n_blocks)
-        threshold = opts.get("threshold")
-        generator = make_generator(opts.get("seed"), self.device)
+        threshold = opts.threshold
+        generator = make_generator(opts.seed, self.device)
         tok = self.tokenizer
         P = len(prompt)
         x = torch.tensor([prompt + [tok.mask_id] * gen_len], device=self.device)
-        action = None if constraint is None else _Action(constraint, tok, bool(opts.get("forced_tokens")),
+        action = None if constraint is None else _Action(constraint, tok, bool(opts.forced_tokens),
                                                          constraint.start())
         watch = _Stops(tok, self._stop_ids(), stops)
         nfe, reason, text, out = 0, None, "", []
@@ -272,7 +266,7 @@ class DiffusionBackbone:
                 # a block written without a forward pass leaves its clean context for the next one to commit
                 pending = x[:, s:e] if used else torch.cat([pending, x[:, s:e]], 1)
             else:
-                x, used = self._denoise_full(x, slice(s, e), {**opts, "steps": steps_per_block}, generator,
+                x, used = self._denoise_full(x, slice(s, e), dataclasses.replace(opts, steps=steps_per_block), generator,
                                              action=action, watch=watch)
             nfe += used
             text, out, reason = self._finish(x[0, P:e].tolist(), stops, seen)
@@ -303,7 +297,7 @@ class DiffusionBackbone:
         return text, gen_ids, reason
 
     def _decode_block_cached(self, x: Tensor, s: int, e: int, pending: Tensor, cache: Any, steps: int,
-                             threshold: float | None, opts: dict[str, Any], generator: torch.Generator | None,
+                             threshold: float | None, opts: DecodingOptions, generator: torch.Generator | None,
                              action: _Action | None, watch: _Stops) -> tuple[Tensor, int]:
         """Exact-cache block decoding. The first pass also commits ``pending`` clean tokens."""
         tok = self.tokenizer
@@ -347,14 +341,14 @@ class DiffusionBackbone:
         return x, nfe
 
     def _step(self, logits: Tensor, window: Tensor, masked: Tensor, action: _Action | None, k_sched: Tensor,
-              step: int, threshold: float | None, opts: dict[str, Any],
+              step: int, threshold: float | None, opts: DecodingOptions,
               generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One commit decision over a window: constrained left-to-right runs, or schedule/threshold."""
         if action is not None:
             return action.step(logits, window, masked, threshold)
         k = k_sched[:, min(step, k_sched.shape[1] - 1)] if threshold is None else None
-        return choose_commits(logits, window, masked, k, threshold, opts.get("remasking") or "low_confidence",
-                              float(opts.get("temperature") or 0.0), generator, None, self.tokenizer.mask_id)
+        return choose_commits(logits, window, masked, k, threshold, opts.remasking, float(opts.temperature),
+                              generator, None, self.tokenizer.mask_id)
 
     def _noisy(self, s: int, e: int) -> AttentionStructure:
         n = e - s
@@ -363,15 +357,15 @@ class DiffusionBackbone:
                                   torch.full((1, n), s, dtype=torch.long, device=self.device),
                                   torch.ones(1, n, dtype=torch.bool, device=self.device), pos)
 
-    def _denoise_full(self, x: Tensor, region: slice, opts: dict[str, Any], generator: torch.Generator | None,
+    def _denoise_full(self, x: Tensor, region: slice, opts: DecodingOptions, generator: torch.Generator | None,
                       action: _Action | None = None, watch: _Stops | None = None) -> tuple[Tensor, int]:
         """LLaDA-style bidirectional denoising of ``x[:, region]`` (everything else visible)."""
         tok = self.tokenizer
         L = x.shape[1]
         s, e = region.start, region.stop
-        steps = int(opts.get("steps") or (e - s))
-        threshold = opts.get("threshold")
-        cache_mode = opts.get("cache") or "none"
+        steps = int(opts.steps or (e - s))
+        threshold = opts.threshold
+        cache_mode = opts.cache or "none"
         full = AttentionStructure.bidirectional(1, L, self.device)
         lo = s - int(self.shift)  # shifted: position i's logits predict token i+1
         if lo < 0:

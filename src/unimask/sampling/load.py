@@ -22,10 +22,8 @@ from unimask.model.hf import HFCausalLM
 from unimask.objectives.contract import DecoderSpec
 from unimask.sampling.ar import ARBackbone
 from unimask.sampling.backbone import Backbone
-from unimask.sampling.diffusion import DiffusionBackbone
-
-# DecoderSpec.backbone -> DiffusionBackbone mode: exact-cache block decoding, or LLaDA-style full decoding
-DIFFUSION_MODES = {"block_diffusion": "block", "masked_diffusion": "full"}
+from unimask.sampling.diffusion import MODES, DiffusionBackbone
+from unimask.sampling.options import DecodingOptions
 
 
 def default_device() -> str:
@@ -33,6 +31,8 @@ def default_device() -> str:
 
 
 def load_backbone(path: str | Path, device: str | None = None, **decoding_defaults: Any) -> Backbone:
+    """The backbone for ``path``; ``decoding_defaults`` are ``DecodingOptions`` for every generate call."""
+    DecodingOptions().replace(**decoding_defaults)  # an unknown option fails before the model loads
     path = Path(path)
     device = device or default_device()
     config = path / "config.json"
@@ -51,7 +51,7 @@ def load_backbone(path: str | Path, device: str | None = None, **decoding_defaul
     spec = DecoderSpec.from_extra(extra)
     if spec.backbone == "ar":
         return ARBackbone(model, tokenizer, device=device, **decoding_defaults)
-    if spec.backbone in DIFFUSION_MODES:
-        return DiffusionBackbone(model, tokenizer, mode=DIFFUSION_MODES[spec.backbone], block_length=spec.block_size,
+    if spec.backbone in MODES:
+        return DiffusionBackbone(model, tokenizer, mode=MODES[spec.backbone], block_length=spec.block_size,
                                  device=device, shift=spec.shift, **decoding_defaults)
     raise ValueError(f"{path}: unknown backbone kind {spec.backbone!r} in config.json extra")

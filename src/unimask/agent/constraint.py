@@ -1,10 +1,10 @@
-"""Constrained tool calls: the action text stays a prefix of a schema-valid tool call.
+"""``ToolCallConstraint``: the agent's tool-call grammar as a sampling ``Constraint``.
 
-``ToolCallConstraint`` is built from the JSON schema of the tool-call envelope
-(``unimask.agent.protocol.tool_call_schema``: a ``oneOf`` of ``{"name": {"const": ...},
-"arguments": {...}}``). It accepts an optional ``<think>...</think>`` and then exactly
-``<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>`` in ``json.dumps``'s canonical
-spacing. Supported argument schema subset: an object with ``properties`` whose types are
+Built from the JSON schema of the tool-call envelope (``protocol.tool_call_schema``: a ``oneOf``
+of ``{"name": {"const": ...}, "arguments": {...}}``), it accepts an optional
+``<think>...</think>`` and then exactly ``<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>``
+in the canonical spacing ``protocol.format_action`` writes (``protocol.CALL_HEAD``/``CALL_MID``/
+``CALL_TAIL``). Supported argument schema subset: an object with ``properties`` whose types are
 ``string`` (optionally ``enum``), ``integer`` or ``number`` (optionally ``minimum``/``maximum``)
 or ``boolean``, ``required`` keys, and no other keys (``additionalProperties: false`` is assumed).
 
@@ -12,25 +12,18 @@ Decoding is incremental: a sampler holds a parser ``State`` (an immutable tuple)
 committed so far and ``feed``s it each candidate token's text, so a check costs the token's few
 characters, never a re-parse of the action. ``valid``/``complete`` are the whole-text reference
 the parser is tested against. ``forced`` is the text the schema admits as the only continuation
-(JSON punctuation, key names, a tool name once its prefix is unique): samplers may write its
-tokens without a forward pass.
-
-AR decoding masks every candidate token that would break the prefix (checked over the top
-candidates by logit). Diffusion decoding commits, within a block, only a left-contiguous run of
-positions whose tokens keep the prefix valid -- so no committed position ever violates it --
-while still committing several tokens per step when they are confident.
+(JSON punctuation, key names, a tool name once its prefix is unique). The token-level operations
+the samplers call come from ``sampling.constraint.TextConstraint``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import Tensor
-
+from unimask.agent.protocol import CALL_HEAD, CALL_MID, CALL_TAIL
+from unimask.sampling.constraint import TextConstraint
 from unimask.tokenizer import special as sp
 
 _INT = re.compile(r"-?(0|[1-9]\d*)?")
@@ -66,23 +59,22 @@ def _in_bounds(number: str, schema: dict[str, Any], final: bool) -> bool:
     return (lo is None or v >= lo) if negative else (hi is None or v <= hi)
 
 
-class ToolCallConstraint:
+class ToolCallConstraint(TextConstraint):
     def __init__(self, envelope_schema: dict[str, Any], candidates: int = 64, max_think_chars: int = 40):
+        super().__init__(candidates)
         self.tools: dict[str, dict[str, Any]] = {}
         for alt in envelope_schema.get("oneOf", []):
             name = alt["properties"]["name"]["const"]
             self.tools[name] = alt["properties"]["arguments"]
         if not self.tools:
             raise ValueError("envelope schema has no tools: build it with agent.protocol.tool_call_schema")
-        self.candidates = candidates
         self.max_think_chars = max_think_chars
         self._after_think: State = ("lit", ((sp.TOOL_CALL_START, self._head()),), 0)
         self._start: State = ("lit", ((sp.THINK_START, ("think", 0)), (sp.TOOL_CALL_START, self._head())), 0)
-        self._pieces: dict[int, dict[int, str]] = {}  # id(tokenizer) -> token id -> text
 
     def _head(self) -> State:
         """After ``<tool_call>``: the envelope up to the first argument, one literal per tool."""
-        return ("lit", tuple(('{"name": "' + name + '", "arguments": {', ("args", name, frozenset()))
+        return ("lit", tuple((CALL_HEAD + name + CALL_MID, ("args", name, frozenset()))
                              for name in self.tools), 0)
 
     # ------------------------------------------------------------------ prefix validity
@@ -116,7 +108,7 @@ class ToolCallConstraint:
 
     def _envelope(self, s: str) -> str | None:
         """None if invalid, "open" if a valid prefix, "done" once the closing tag is complete."""
-        head = '{"name": "'
+        head = CALL_HEAD
         if len(s) <= len(head):
             return "open" if head.startswith(s) else None
         if not s.startswith(head):
@@ -129,7 +121,7 @@ class ToolCallConstraint:
         if name not in self.tools:
             return None
         s = s[q + 1:]
-        mid = ', "arguments": {'
+        mid = CALL_MID[1:]  # after the name's closing quote
         if len(s) <= len(mid):
             return "open" if mid.startswith(s) else None
         if not s.startswith(mid):
@@ -146,7 +138,7 @@ class ToolCallConstraint:
             if s[0] == "}":  # close arguments, then the envelope, then the tag
                 if not required <= seen:
                     return None
-                tail = "}}" + sp.TOOL_CALL_END
+                tail = CALL_TAIL + sp.TOOL_CALL_END
                 rest = s
                 if len(rest) < len(tail):
                     return "open" if tail.startswith(rest) else None
@@ -247,17 +239,6 @@ class ToolCallConstraint:
     def is_complete(self, state: State | None) -> bool:
         return state == _DONE
 
-    def piece(self, token_id: int, tokenizer: Any) -> str:
-        """The text of one token (decoded once per tokenizer)."""
-        cache = self._pieces.setdefault(id(tokenizer), {})
-        text = cache.get(token_id)
-        if text is None:
-            text = cache[token_id] = tokenizer.decode([token_id])
-        return text
-
-    def advance(self, state: State | None, token_id: int, tokenizer: Any) -> State | None:
-        return self.feed(state, self.piece(token_id, tokenizer))
-
     def _key(self, tool: str, seen: frozenset[str]) -> State:
         return ("lit", tuple((k + '": ', self._value_start(tool, seen, k)) for k in self.tools[tool].get("properties", {})
                              if k not in seen), 0)
@@ -293,7 +274,7 @@ class ToolCallConstraint:
             if ch == "}":
                 if not set(schema.get("required", [])) <= seen:
                     return None
-                return ("lit", (("}}" + sp.TOOL_CALL_END, _DONE),), 1)
+                return ("lit", ((CALL_TAIL + sp.TOOL_CALL_END, _DONE),), 1)
             if not set(schema.get("properties", {})) - seen:
                 return None
             if seen:
@@ -364,87 +345,3 @@ class ToolCallConstraint:
             return os.path.commonprefix([str(e)[len(raw):] + '"' for e in enum if str(e).startswith(raw)])
         return ""
 
-    def forced_ids(self, state: State | None, tokenizer: Any) -> tuple[list[int], State | None]:
-        """The tokens of ``forced(state)`` and the state after them."""
-        text = self.forced(state)
-        if not text:
-            return [], state
-        ids: list[int] = []
-        for t in tokenizer.encode(text):
-            nxt = self.advance(state, t, tokenizer)
-            if nxt is None:  # a tokenisation that does not round-trip: write only what is safe
-                break
-            ids.append(t)
-            state = nxt
-        return ids, state
-
-    # ------------------------------------------------------------------ AR interface
-    def best_valid(self, state: State | None, logits: Tensor, tokenizer: Any,
-                   candidates: list[int] | None = None) -> int:
-        """The highest-scoring token that keeps ``state`` valid (greedy, without a full mask).
-
-        Walks the candidates best-first (``candidates``: the row's precomputed top-k ids) and stops
-        at the first valid one: on a trained model that is usually the argmax, so one check.
-        """
-        if self.is_complete(state):
-            return tokenizer.end_of_turn_id
-        if state is not None:
-            if candidates is None:
-                candidates = torch.topk(logits, min(self.candidates, logits.shape[-1])).indices.tolist()
-            for t in candidates:
-                if self.advance(state, t, tokenizer) is not None:
-                    return t
-        return int(self.mask_logits(logits[None], [state], tokenizer)[0].argmax())
-
-    def mask_logits(self, logits: Tensor, states: Sequence[State | None], tokenizer: Any) -> Tensor:
-        """Keep, per row, only the top candidates that keep the text a valid prefix."""
-        out = torch.full_like(logits, float("-inf"))
-        k = min(self.candidates, logits.shape[-1])
-        top = torch.topk(logits, k, dim=-1).indices.tolist()
-        for b, state in enumerate(states):
-            if self.is_complete(state):
-                out[b, tokenizer.end_of_turn_id] = 0.0
-                continue
-            kept = [t for t in top[b] if self.advance(state, t, tokenizer) is not None]
-            if not kept:  # nothing among the candidates: fall back to the full vocabulary scan
-                kept = next(([t] for t in range(logits.shape[-1]) if self.advance(state, t, tokenizer) is not None), [])
-            if kept:
-                out[b, kept] = logits[b, kept]
-            else:
-                out[b, tokenizer.end_of_turn_id] = 0.0
-        return out
-
-    # ------------------------------------------------------------------ diffusion interface
-    def commit_run(self, state: State | None, masked: list[bool], start: int, logits: Tensor, tokenizer: Any,
-                   threshold: float | None, mask_id: int) -> tuple[list[tuple[int, int]], State | None]:
-        """(position, token) commits for a diffusion step, and the state after them.
-
-        ``state`` is the action up to block position ``start`` (the first masked one). That
-        position always gets its best valid token; the following masked positions join the run
-        while their best valid token is confident (> ``threshold``). One top-k and one softmax
-        serve every position of the block.
-        """
-        rows = logits[start:]
-        probs = rows.float().softmax(-1)
-        peak = probs.max(-1).values.tolist()
-        ranked = rows.clone()
-        ranked[:, mask_id] = float("-inf")
-        top = torch.topk(ranked, min(self.candidates, ranked.shape[-1]), dim=-1).indices.tolist()
-        commits: list[tuple[int, int]] = []
-        for j in range(len(top)):
-            pos = start + j
-            if not masked[pos]:
-                break
-            if self.is_complete(state):
-                tok_id, conf = tokenizer.end_of_turn_id, 1.0
-            else:
-                if commits and (threshold is None or peak[j] <= threshold):
-                    break  # its best valid token cannot be more confident than the row's best: no search
-                tok_id = self.best_valid(state, ranked[j], tokenizer, top[j])
-                conf = float(probs[j, tok_id])
-            if commits and (threshold is None or conf <= threshold):
-                break
-            commits.append((pos, tok_id))
-            if not self.is_complete(state):
-                state = self.advance(state, tok_id, tokenizer)
-        return commits, state
