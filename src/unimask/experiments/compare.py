@@ -84,8 +84,9 @@ class CompareConfig:
     adapt_lr: float = 3e-4  # gentle: 1e-3 erased the base's induction (loss drop 0.27 -> 0.04)
     block_size: int = 8
     # Dream's convention for AR-adapted DLLMs: position i predicts token i+1, so the AR base's
-    # next-token circuits (induction) carry over to diffusion decoding
-    dllm_shift: bool = False
+    # next-token circuits (induction) carry over to diffusion decoding (with sft_ar_weight, the
+    # DLLM agent copies names: docs/compare.md)
+    dllm_shift: bool = True
     induction_probes: int = 64  # held-out repeated spans scored for every base
     # agent data and fine-tuning
     task_types: list[str] = field(default_factory=lambda: ["module", "default"])
@@ -97,7 +98,7 @@ class CompareConfig:
     sft_lr: float = 2e-3
     sft_context_weight: float = 0.0  # LM loss on context tokens for every arm (agent_sft context_weight)
     # next-token loss on the clean actions of the aligned DLLM's layout (agent_sft_diffusion ar_weight)
-    sft_ar_weight: float = 0.0
+    sft_ar_weight: float = 1.0
     pretrain_lr: float = 1e-3
     ablation_sft_steps: int = 300  # 0 = same as sft_steps
     # evaluation
