@@ -9,7 +9,6 @@ import torch
 
 from unimask.model import AttentionStructure, CheckpointError, Transformer, load_checkpoint, save_checkpoint
 from unimask.model.attention import positions_from_segments
-from unimask.model.transformer import RopeTables, rope_cos_sin
 from unimask.presets import model_preset
 
 V = 512
@@ -208,26 +207,3 @@ def test_third_party_causal_model_behind_backbone(tiny_tokenizer, tmp_path):
     a, b = backbone.generate(["def f(x):", "import os"], max_new_tokens=6)
     single = backbone.generate(["import os"], max_new_tokens=6)[0]
     assert backbone.kind == "hf" and b.token_ids == single.token_ids and a.nfe >= 1
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 2.0}])
-def test_rope_tables_equal_fresh_computation(dtype, scaling):
-    tables = RopeTables(16, 10000.0, 64, scaling)
-    for T in (1, 7, 64):
-        pos = torch.randint(0, 64, (3, T))
-        for got, want in zip(tables(pos, torch.device("cpu"), dtype), rope_cos_sin(pos, 16, 10000.0, dtype, scaling),
-                             strict=True):
-            assert got.dtype == dtype and torch.equal(got, want)
-        ar = torch.arange(T)[None]
-        for got, want in zip(tables(T, torch.device("cpu"), dtype), rope_cos_sin(ar, 16, 10000.0, dtype, scaling),
-                             strict=True):
-            assert torch.equal(got, want)
-
-
-def test_rope_tables_built_in_inference_mode_serve_training():
-    model = Transformer(model_preset("tiny"))
-    ids = torch.randint(0, 512, (2, 8))
-    with torch.inference_mode():
-        model(ids)
-    model(ids).sum().backward()

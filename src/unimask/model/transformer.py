@@ -72,38 +72,6 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dt
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-class RopeTables:
-    """cos/sin tables ``[max_len, head_dim]`` computed once per device and dtype, then sliced or gathered.
-
-    Rebuilding them from the positions on every call cost more than applying them (issue 20);
-    a table row is the same arithmetic as a fresh computation, so the values are identical.
-    """
-
-    def __init__(self, head_dim: int, theta: float, max_len: int, scaling: dict[str, Any] | None = None):
-        self.head_dim, self.theta, self.max_len, self.scaling = head_dim, theta, max_len, scaling
-        self._tables: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
-
-    def _table(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        key = (device, dtype)
-        if key not in self._tables:
-            # a table first built under inference_mode must still serve training later
-            with torch.inference_mode(False):
-                self._tables[key] = self._build(device, dtype)
-        return self._tables[key]
-
-    def _build(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        positions = torch.arange(self.max_len, device=device)[None]
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.theta, dtype, self.scaling)
-        return cos[0, 0], sin[0, 0]
-
-    def __call__(self, positions: Tensor | int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos/sin ``[B, 1, T, hd]`` for positions ``[B, T]``, or ``[1, 1, T, hd]`` for ``0..T-1`` given ``T``."""
-        cos, sin = self._table(device, dtype)
-        if isinstance(positions, int):
-            return cos[None, None, :positions], sin[None, None, :positions]
-        return cos[positions][:, None], sin[positions][:, None]
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
@@ -251,7 +219,6 @@ class Transformer(nn.Module):
         # own embedding subspace and attention could not tell "I am A" from "I follow A" (measured:
         # no faster copying than no smear; projected, the copy probe learns ~10x faster).
         self.smear_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False) if cfg.smear else None
-        self.rope = RopeTables(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len, cfg.rope_scaling)
         self.activation_checkpointing = False
         self.reset_parameters()
 
@@ -336,7 +303,7 @@ class Transformer(nn.Module):
         if structure is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-            positions = T
+            positions = torch.arange(T, device=device).expand(B, T)
             mask, is_causal, block_mask = None, True, None
         else:
             positions = structure.position_ids[:, start:]
@@ -351,7 +318,7 @@ class Transformer(nn.Module):
                 block_mask = build_block_mask(structure, q_len=T, q_offset=start)
             else:
                 mask = structure.dense_mask(slice(start, start + T))
-        cos, sin = self.rope(positions, device, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, self.cfg.rope_scaling)
         for i, layer in enumerate(self.layers):
             if self.activation_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, mask, is_causal, kv_cache, i, commit, block_mask,
