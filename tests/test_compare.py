@@ -320,8 +320,9 @@ def test_run_compare_from_hugging_face_directories(tmp_path: Path, monkeypatch: 
 
     ar, dream = build_ar_dream_pair(tmp_path / "hf")
     out = tmp_path / "run"
+    # asked unshifted, so the run must notice that Dream is shifted and say so
     cfg = dataclasses.replace(tiny_config(out), ar_init=str(ar), dllm_init=str(dream), ablation_sft_steps=2,
-                              test_tasks=1, ablation_tasks=1)
+                              test_tasks=1, ablation_tasks=1, dllm_shift=False)
     log = quiet_console(monkeypatch)
     report = run_compare(cfg)
     assert "| metric | AR | DLLM | DLLM unaligned |" in report.read_text()
