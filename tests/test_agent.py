@@ -76,9 +76,13 @@ def test_tool_call_schema_accepts_exactly_valid_envelopes(env):
     import jsonschema
 
     schema = tool_call_schema(env.tools())
-    jsonschema.validate({"name": "open", "arguments": {"doc_id": "x"}}, schema)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"name": "open", "arguments": {"query": "x"}}, schema)
+    doc_id = env.tools()[1].parameters["properties"]["doc_id"]["enum"][0]
+    jsonschema.validate({"name": "open", "arguments": {"doc_id": doc_id}}, schema)
+    for bad in ({"query": "x"}, {"doc_id": "not-a-document"}):  # ids are an enum of the corpus
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "open", "arguments": bad}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # a copy loop cannot grow a query past its bound
+        jsonschema.validate({"name": "search", "arguments": {"query": "ab" * 101}}, schema)
     with pytest.raises(jsonschema.ValidationError):  # an empty answer is never an answer
         jsonschema.validate({"name": "answer", "arguments": {"text": ""}}, schema)
 

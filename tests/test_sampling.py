@@ -286,11 +286,13 @@ class _Biased(torch.nn.Module):
 
 
 def _tools(tmp_path):
-    from unimask.agent.tools import BM25Index, answer_tool, open_tool, search_tool
+    """Three tools whose arguments are free strings (the real ``open`` takes an enum of its ids)."""
+    from unimask.agent.tools import BM25Index, Tool, answer_tool, search_tool
 
     docs = [{"id": "json.dumps", "title": "json.dumps", "text": "serialize objects"}]
-    return [search_tool(BM25Index(docs, tmp_path), lambda d: d["text"]), open_tool(docs, lambda d: d["text"]),
-            answer_tool()]
+    free_open = Tool("open", "Open a document by id.", {"type": "object", "properties": {
+        "doc_id": {"type": "string", "minLength": 1}}, "required": ["doc_id"]}, lambda doc_id: doc_id)
+    return [search_tool(BM25Index(docs, tmp_path), lambda d: d["text"]), free_open, answer_tool()]
 
 
 def test_fast_samplers_reproduce_todays_outputs(any_model, tiny_tokenizer, tmp_path):
@@ -337,13 +339,16 @@ def test_incremental_parser_agrees_with_the_whole_text_check(tmp_path):
     args = {"type": "object", "properties": {"k": {"type": "integer", "minimum": 1, "maximum": 5},
                                              "t": {"type": "number", "minimum": -1.5, "maximum": 2},
                                              "q": {"type": "string"}, "e": {"type": "string", "enum": ["ab", "abc"]},
-                                             "b": {"type": "boolean"}}, "required": ["k"]}
+                                             "b": {"type": "boolean"}, "m": {"type": "string", "maxLength": 2},
+                                             "d": {"type": "string", "enum": ["a.b", "a.bc", "a.bd", "sq", "ab"]}},
+            "required": ["k"]}
     schema = {"oneOf": [{"properties": {"name": {"const": "f"}, "arguments": args}},
                         {"properties": {"name": {"const": "search"}, "arguments": {
                             "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}},
                         {"properties": {"name": {"const": "sea"}, "arguments": {"type": "object", "properties": {}}}}]}
     c = ToolCallConstraint(schema, max_think_chars=6)
     base = [format_action("f", {"k": 3, "t": -1.25, "q": 'a\\"b', "e": "abc", "b": True}, "hmm"),
+            format_action("f", {"k": 1, "m": "\\", "d": "a.bc"}), format_action("f", {"m": "ab", "k": 2, "d": "sq"}),
             format_action("search", {"query": "json dumps"}, "abcdef"), format_action("sea", {}),
             format_action("f", {"t": 3, "k": 0})]
     alphabet = list('{}":, -.0159tfabekqs\\') + ["<tool_call>", "</tool_call>", "<think>", "</think>", "<|end|>"]
@@ -363,7 +368,11 @@ def test_incremental_parser_agrees_with_the_whole_text_check(tmp_path):
     forced = {"": "", "<think>ab</think>": '<tool_call>{"name": "', '<tool_call>{"name": "se': "a",
               '<tool_call>{"name": "sear': 'ch", "arguments": {"query": "',
               '<tool_call>{"name": "f", "arguments": {"e": "a': "b",
-              '<tool_call>{"name": "search", "arguments": {"query": "a"': "}}</tool_call>"}
+              '<tool_call>{"name": "search", "arguments": {"query": "a"': "}}</tool_call>",
+              '<tool_call>{"name": "f", "arguments": {"m": "ab': '", "',  # maxLength closes the string
+              '<tool_call>{"name": "f", "arguments": {"d": "s': 'q", "', '<tool_call>{"name": "f", "arguments": {"d": "a.': "b",
+              '<tool_call>{"name": "f", "arguments": {"d": "a.bc': '", "', '<tool_call>{"name": "f", "arguments": {"d": "a.b': "",
+              '<tool_call>{"name": "f", "arguments": {"k": 1, "d": "a.bd': '"'}
     for text, rest in forced.items():
         assert c.forced(c.state_of(text)) == rest, text
 

@@ -5,8 +5,10 @@ of ``{"name": {"const": ...}, "arguments": {...}}``), it accepts an optional
 ``<think>...</think>`` and then exactly ``<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>``
 in the canonical spacing ``protocol.format_action`` writes (``protocol.CALL_HEAD``/``CALL_MID``/
 ``CALL_TAIL``). Supported argument schema subset: an object with ``properties`` whose types are
-``string`` (optionally ``enum``), ``integer`` or ``number`` (optionally ``minimum``/``maximum``)
-or ``boolean``, ``required`` keys, and no other keys (``additionalProperties: false`` is assumed).
+``string`` (optionally ``enum``, ``minLength``, ``maxLength``), ``integer`` or ``number`` (optionally
+``minimum``/``maximum``) or ``boolean``, ``required`` keys, and no other keys
+(``additionalProperties: false`` is assumed). ``maxLength`` forces the closing quote, so a model
+caught in a copy loop still ends its call; an ``enum`` of thousands of ids costs a bisection.
 
 Decoding is incremental: a sampler holds a parser ``State`` (an immutable tuple) for the text
 committed so far and ``feed``s it each candidate token's text, so a check costs the token's few
@@ -18,6 +20,7 @@ the samplers call come from ``sampling.constraint.TextConstraint``.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from typing import Any
@@ -59,13 +62,51 @@ def _in_bounds(number: str, schema: dict[str, Any], final: bool) -> bool:
     return (lo is None or v >= lo) if negative else (hi is None or v <= hi)
 
 
+class _Enum:
+    """A string enum as a sorted tuple: prefix tests and the shared continuation by bisection."""
+
+    def __init__(self, values: list[Any]):
+        self.values = tuple(sorted({str(v) for v in values}))
+
+    def _range(self, prefix: str) -> tuple[int, int]:
+        lo = bisect.bisect_left(self.values, prefix)
+        return lo, bisect.bisect_left(self.values, prefix + "\U0010ffff", lo)
+
+    def __contains__(self, value: str) -> bool:
+        i = bisect.bisect_left(self.values, value)
+        return i < len(self.values) and self.values[i] == value
+
+    def has_prefix(self, prefix: str) -> bool:
+        i = bisect.bisect_left(self.values, prefix)
+        return i < len(self.values) and self.values[i].startswith(prefix)
+
+    def continuation(self, prefix: str) -> str:
+        """What every member starting with ``prefix`` continues with (the closing quote when one is left)."""
+        lo, hi = self._range(prefix)
+        if hi - lo == 1:
+            return self.values[lo][len(prefix):] + '"'
+        if hi == lo:
+            return ""
+        # the members with a prefix are contiguous: their common prefix is that of the first and last
+        return os.path.commonprefix([self.values[lo], self.values[hi - 1]])[len(prefix):]
+
+
+def _string_rules(schema: dict[str, Any]) -> tuple[_Enum | None, int, int | None]:
+    enum = schema.get("enum")
+    return (_Enum(enum) if enum is not None else None), schema.get("minLength", 0), schema.get("maxLength")
+
+
 class ToolCallConstraint(TextConstraint):
     def __init__(self, envelope_schema: dict[str, Any], candidates: int = 64, max_think_chars: int = 40):
         super().__init__(candidates)
         self.tools: dict[str, dict[str, Any]] = {}
+        self._strings: dict[tuple[str, str], tuple[_Enum | None, int, int | None]] = {}
         for alt in envelope_schema.get("oneOf", []):
             name = alt["properties"]["name"]["const"]
             self.tools[name] = alt["properties"]["arguments"]
+            for key, prop in self.tools[name].get("properties", {}).items():
+                if prop.get("type", "string") == "string":
+                    self._strings[name, key] = _string_rules(prop)
         if not self.tools:
             raise ValueError("envelope schema has no tools: build it with agent.protocol.tool_call_schema")
         self.max_think_chars = max_think_chars
@@ -180,6 +221,7 @@ class ToolCallConstraint(TextConstraint):
         if kind == "string":
             if s[0] != '"':
                 return None, ""
+            enum, min_len, max_len = _string_rules(schema)
             i = 1
             while i < len(s):
                 if s[i] == "\\":
@@ -189,18 +231,19 @@ class ToolCallConstraint(TextConstraint):
                     val = s[1:i]
                     if any(tag in val for tag in _SPECIAL_IN_STRINGS):
                         return None, ""
-                    enum = schema.get("enum")
                     if enum is not None and val not in enum:
                         return None, ""
-                    if len(val) < schema.get("minLength", 0):
+                    if len(val) < min_len or (max_len is not None and len(val) > max_len):
                         return None, ""
                     return "done", s[i + 1:]
                 i += 1
             if any(tag in s[1:] for tag in _SPECIAL_IN_STRINGS):
                 return None, ""
-            enum = schema.get("enum")
-            if enum is not None and not any(str(e).startswith(s[1:]) for e in enum):
+            if enum is not None and not enum.has_prefix(s[1:]):
                 return None, ""
+            escape_pending = i > len(s)
+            if max_len is not None and (len(s) - 1 > max_len or (escape_pending and len(s) - 1 >= max_len)):
+                return None, ""  # (an escape at the limit could never be completed)
             return "open", ""
         if kind == "boolean":
             for word in ("true", "false"):
@@ -282,16 +325,17 @@ class ToolCallConstraint(TextConstraint):
             return self._key(tool, seen) if ch == '"' else None
         if kind == "str":
             _, tool, seen, key, raw, esc = st
-            schema = self.tools[tool]["properties"][key]
-            enum = schema.get("enum")
+            enum, min_len, max_len = self._strings[tool, key]
             if ch == '"' and not esc:
-                if (enum is not None and raw not in enum) or len(raw) < schema.get("minLength", 0):
+                if (enum is not None and raw not in enum) or len(raw) < min_len:
                     return None
                 return ("args", tool, seen | {key})
             raw += ch
+            if max_len is not None and (len(raw) > max_len or (ch == "\\" and not esc and len(raw) >= max_len)):
+                return None
             if any(raw.endswith(tag) for tag in _SPECIAL_IN_STRINGS):
                 return None
-            if enum is not None and not any(str(e).startswith(raw) for e in enum):
+            if enum is not None and not enum.has_prefix(raw):
                 return None
             return ("str", tool, seen, key, raw, not esc and ch == "\\")
         if kind == "num":
@@ -338,10 +382,11 @@ class ToolCallConstraint(TextConstraint):
                 return "}" if can_close else (', "' if seen else '"')
             return ""
         if kind == "str":
-            enum = self.tools[st[1]]["properties"][st[3]].get("enum")
-            if enum is None or st[5]:
+            enum, _, max_len = self._strings[st[1], st[3]]
+            if st[5]:
                 return ""
-            raw = st[4]
-            return os.path.commonprefix([str(e)[len(raw):] + '"' for e in enum if str(e).startswith(raw)])
+            if enum is not None:
+                return enum.continuation(st[4])
+            return '"' if max_len is not None and len(st[4]) >= max_len else ""
         return ""
 

@@ -46,6 +46,8 @@ class Tool:
             jsonschema.validate(arguments, self.parameters)
         except jsonschema.ValidationError as e:
             where = "/".join(str(p) for p in e.absolute_path) or "arguments"
+            if e.validator == "enum" and len(e.validator_value) > 8:  # never echo a list of thousands of ids
+                return f"{where}: {e.instance!r} is not one of the {len(e.validator_value)} allowed values"
             return f"{where}: {e.message}"
         return None
 
@@ -94,7 +96,8 @@ class BM25Index:
         return [(int(i), float(s)) for i, s in zip(idx[0], scores[0], strict=True) if s > 0]
 
 
-def search_tool(index: BM25Index, summarize: Callable[[Document], str], max_k: int = 5) -> Tool:
+def search_tool(index: BM25Index, summarize: Callable[[Document], str], max_k: int = 5,
+                max_query_chars: int = 200) -> Tool:
     def run(query: str, k: int = 3) -> str:
         hits = index.search(query, min(k, max_k))
         if not hits:
@@ -104,7 +107,7 @@ def search_tool(index: BM25Index, summarize: Callable[[Document], str], max_k: i
     return Tool(
         "search",
         "Search the documentation; returns doc ids with a summary.",
-        {"type": "object", "properties": {"query": {"type": "string", "minLength": 1},
+        {"type": "object", "properties": {"query": {"type": "string", "minLength": 1, "maxLength": max_query_chars},
                                           "k": {"type": "integer", "minimum": 1, "maximum": max_k}},
          "required": ["query"], "additionalProperties": False},
         run,
@@ -119,10 +122,11 @@ def open_tool(docs: Sequence[Document], render: Callable[[Document], str]) -> To
             return f"error: no document {doc_id!r}; use an id returned by search"
         return render(by_id[doc_id])
 
+    # the ids are an enum, so a constrained agent can only open documents that exist
     return Tool(
         "open",
         "Open a document by id.",
-        {"type": "object", "properties": {"doc_id": {"type": "string", "minLength": 1}},
+        {"type": "object", "properties": {"doc_id": {"type": "string", "enum": sorted(by_id)}},
          "required": ["doc_id"], "additionalProperties": False},
         run,
     )
@@ -143,11 +147,12 @@ def python_tool(timeout_s: float = 5.0, memory_mb: int = 512, max_output: int = 
     )
 
 
-def answer_tool() -> Tool:
+def answer_tool(max_chars: int = 2000) -> Tool:
     return Tool(
         "answer",
         "Give the final answer and finish.",
-        {"type": "object", "properties": {"text": {"type": "string", "minLength": 1}}, "required": ["text"],
+        {"type": "object", "properties": {"text": {"type": "string", "minLength": 1, "maxLength": max_chars}},
+         "required": ["text"],
          "additionalProperties": False},
         lambda text: text,
         final=True,

@@ -70,7 +70,8 @@ class DocQAEnvironment:
         self._tools = [
             search_tool(self.index, self._search_line, max_k=5),
             open_tool(self.docs, self._open_text),
-            answer_tool(),
+            # answers are module names, doc ids or short defaults: a copy loop ends at this bound
+            answer_tool(max_chars=max(len(d["id"]) for d in self.docs) + 8),
         ]
         self._tasks: dict[str, list[Task]] | None = None
 
