@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from unimask.agent.loop import LoopConfig, run_episodes
 from unimask.config import from_dict
@@ -46,6 +45,7 @@ from unimask.envs.docqa import (
 )
 from unimask.evals.induction import copy_probes, induction_hook
 from unimask.experiments.report import write_report
+from unimask.experiments.stages import Stage, in_worker, run_stages
 from unimask.io import atomic_dir, atomic_write_text
 from unimask.model import load_checkpoint, read_checkpoint_meta
 from unimask.model.convert import ensure_checkpoint
@@ -108,14 +108,21 @@ class CompareConfig:
     max_rounds: int = 15
     max_new_tokens: int = 64
     max_context_tokens: int = 512
-    threshold: float = 0.9
+    # Fast-dLLM's confidence threshold; 0.5 beat 0.9 on the recipe's DLLM agent (EM 33.8% vs 27.5%
+    # on 80 test tasks, fewer malformed copy loops, 35% fewer passes: docs/compare.md)
+    threshold: float = 0.5
     constrained: bool = True  # schema-constrained tool calls for every agent (the sweep turns it off)
     device: str = "auto"
     # Decoding tiny models on CPU is latency-bound: one intra-op thread avoids OpenMP stalls on a
     # busy machine (measured 100x slower with 2 threads under load) and treats both backbones alike.
     eval_threads: int = 1
+    # stages that run at once, each in its own process (a training stage beside another gets one
+    # thread; 1: every stage in order, in this process)
+    workers: int = 2
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.test_tasks < 0 or self.settings_tasks < 0:
             raise ValueError("test_tasks (0 = whole split) and settings_tasks must be >= 0")
         for name in ("copy_weight", "adapt_copy_weight"):
@@ -143,12 +150,11 @@ class CompareConfig:
         return [{**lm, "weight": 1 - w}, {**rep, "weight": w}]
 
 
-def _stage(name: str, marker: Path) -> bool:
-    """True if the stage must run; logs what is skipped."""
+def _must_run(name: str, marker: Path) -> bool:
+    """True if the stage must run (the scheduler logs its start); logs what is reused."""
     if marker.exists():
         log.info("✓ %s: reusing %s", name, marker)
         return False
-    log.info("▶ %s", name)
     return True
 
 
@@ -174,6 +180,7 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
         "seed": cfg.seed,
         "device": cfg.device,
         "tensorboard": False,
+        "progress": not in_worker(),  # bars from two processes would garble each other; workers log
     })
     result = train(tc, eval_hooks=eval_hooks)
     if result.interrupted:  # SIGTERM/Ctrl-C: a partial run must not become a stage's "final" model
@@ -204,14 +211,22 @@ class _StageTimes:
         self.times: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
 
     def record(self, stage: str, started: float) -> None:
-        self.times[stage] = time.perf_counter() - started
+        self.set(stage, time.perf_counter() - started)
+
+    def set(self, stage: str, seconds: float) -> None:
+        self.times[stage] = seconds
         atomic_write_text(self.path, json.dumps(self.times, indent=2))
 
+    def add_wall(self, seconds: float) -> None:
+        """The run's own wall time (stages overlap, so it is less than their sum); resumes add up."""
+        self.set("wall", self.times.get("wall", 0.0) + seconds)
+
     def summary(self) -> dict[str, float]:
-        """Stages (agent runs summed into one entry) and their total."""
+        """Stages (agent runs summed into one entry), their sum and the run's wall time."""
         agents = sum(v for k, v in self.times.items() if k.startswith("agents: "))
-        out = {k: v for k, v in self.times.items() if not k.startswith("agents: ")}
-        return {**out, "agent runs": agents, "total": sum(out.values()) + agents}
+        out = {k: v for k, v in self.times.items() if not k.startswith("agents: ") and k != "wall"}
+        wall = {"wall": self.times["wall"]} if "wall" in self.times else {}
+        return {**out, "agent runs": agents, "total": sum(out.values()) + agents, **wall}
 
 
 def _check_same_config(path: Path, cfg: CompareConfig) -> None:
@@ -227,18 +242,6 @@ def _check_same_config(path: Path, cfg: CompareConfig) -> None:
                 "the stages the change affects (e.g. episodes/ for evaluation settings)"
             )
     atomic_write_text(path, json.dumps(new, indent=2))
-
-
-def _base_induction(path: Path, bases: dict[str, Path], hooks: dict[str, list[EvalHook]]) -> dict[str, Any]:
-    """The induction metric of every base (``induction.json``, computed once per run)."""
-    if path.exists():
-        return json.loads(path.read_text())
-    found = {}
-    for name, ckpt in bases.items():
-        model, _, _ = load_checkpoint(ckpt)
-        found[name] = {k.removeprefix("induction/"): v for hook in hooks[name] for k, v in hook(model).items()}
-    atomic_write_text(path, json.dumps(found, indent=2))
-    return found
 
 
 def _resolve_inits(cfg: CompareConfig) -> tuple[dict[str, Path], CompareConfig]:
@@ -269,39 +272,119 @@ def _check_same_text_ids(tokenizers: dict[str, Any], text: str = "def f(x):\n   
                          "vocabulary (e.g. Qwen2.5 and Dream, which was initialised from it)")
 
 
+def _induction_hooks(cfg: CompareConfig, data_dir: Path, paradigm: str, tokenizer: Path) -> list[EvalHook]:
+    """The induction metric of a base: held-out repeated spans, decoded as its agent will decode."""
+    probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
+    decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold, "shift": cfg.dllm_shift}
+    return [induction_hook(probes, decoding if paradigm == "dllm" else None, Tokenizer.load(tokenizer))]
+
+
+def _base_stage(cfg: CompareConfig, out: Path, name: str, data_dir: Path, tokenizer: Path, init_from: str) -> None:
+    """Pre-train the AR base, or adapt it (``init_from``) to block diffusion; or pre-train the DLLM."""
+    packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
+    _train(cfg, out, cfg.base_objectives(name), data=packed, steps=cfg.adapt_steps if init_from else cfg.pretrain_steps,
+           batch=cfg.pretrain_batch, lr=cfg.adapt_lr if init_from else cfg.pretrain_lr, init_from=init_from,
+           eval_hooks=_induction_hooks(cfg, data_dir, name, tokenizer), evals=4)
+
+
+def _induction_stage(cfg: CompareConfig, path: Path, data_dir: Path, bases: dict[str, Path],
+                     tokenizers: dict[str, Path]) -> None:
+    """The induction metric of every base, once per run (``induction.json``)."""
+    found = {}
+    for name, ckpt in bases.items():
+        model, _, _ = load_checkpoint(ckpt)
+        hooks = _induction_hooks(cfg, data_dir, name, tokenizers[name])
+        found[name] = {k.removeprefix("induction/"): v for hook in hooks for k, v in hook(model).items()}
+    atomic_write_text(path, json.dumps(found, indent=2))
+
+
+def _environment(cfg: CompareConfig, out: Path) -> DocQAEnvironment:
+    return DocQAEnvironment(out / "cache", task_types=cfg.task_types, seed=cfg.seed)
+
+
+def _trajectory_stage(cfg: CompareConfig, out: Path, data_dir: Path) -> None:
+    """Oracle trajectories through the real tools; every correct train one also with made-up names."""
+    env, tokenizer = _environment(cfg, out), Tokenizer.load(data_dir)
+    traj_dir = out / "trajectories"
+    traj_dir.mkdir(exist_ok=True)
+    pool, rng = name_pieces(env), np.random.default_rng(cfg.seed)
+    for split, limit in (("train", cfg.train_trajectories), ("val", 100)):
+        recs = oracle_trajectories(env, split, tokenizer, cfg.recovery_rate, cfg.seed, limit)
+        good = [r for r in recs if r["em"] == 1.0]
+        log.info("%s: %d/%d oracle episodes correct", split, len(good), len(recs))
+        if split == "train":
+            good += [swap_names(r, pool, rng) for _ in range(cfg.name_swaps) for r in good]
+        atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
+
+
+def _sft_data(cfg: CompareConfig, out: Path, data_dir: Path, seq: int) -> dict[str, Any]:
+    """The trajectory data settings every arm fine-tunes with (one max length for all)."""
+    tokenizer, traj_dir = Tokenizer.load(data_dir), out / "trajectories"
+    lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
+            for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
+    ctx = {"context_weight": cfg.sft_context_weight}
+    # the aligned DLLM example (clean + noised copy + padded blocks) is the longest of the arms'
+    fit = max_input_length(build_objective("agent_sft_diffusion", tokenizer, **cfg.dllm_params(**ctx)), seq)
+    if max(lens) > fit:
+        log.warning("trajectories of up to %d tokens are cut to %d to fit the aligned DLLM objective in max_seq_len "
+                    "%d; raise model_overrides.max_seq_len to keep them whole", max(lens), fit, seq)
+    return {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
+            "val_path": str(traj_dir / "val.jsonl"), "max_len": min(max(lens) + 32, fit), "tokenizer": str(data_dir)}
+
+
+def _sft_stage(cfg: CompareConfig, out: Path, run_dir: Path, objectives: list[dict[str, Any]], init: Path,
+               steps: int, data_dir: Path, seq: int) -> None:
+    _train(cfg, run_dir, objectives, data=_sft_data(cfg, out, data_dir, seq), steps=steps, batch=cfg.sft_batch,
+           lr=cfg.sft_lr, init_from=str(init))
+
+
+def _agent_stage(cfg: CompareConfig, out: Path, path: Path, ckpt: Path, decoding: dict[str, Any],
+                 tasks: list[Any], loop: LoopConfig) -> None:
+    """One agent on its tasks; the episode log is written whole or not at all."""
+    device = None if cfg.device == "auto" else cfg.device
+    backbone = load_backbone(ckpt, device=device, **decoding)
+    tmp = path.with_suffix(".partial")
+    tmp.unlink(missing_ok=True)
+    run_episodes(_environment(cfg, out), tasks, backbone, loop, log_path=tmp, progress=not in_worker())
+    tmp.replace(path)
+
+
 def run_compare(cfg: CompareConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     inits, cfg = _resolve_inits(cfg)
     _check_same_config(out / "compare_config.json", cfg)
     times = _StageTimes(out / "timings.json")
+    started = time.perf_counter()
 
-    # 1. corpus + tokenizer
-    t = time.perf_counter()
+    # 1. corpus + tokenizer (here, before anything can run beside it)
     data_dir = out / "data"
-    if _stage("prepare corpus and tokenizer", data_dir / "meta.json"):
+    if _must_run("prepare corpus and tokenizer", data_dir / "meta.json"):
+        log.info("▶ prepare corpus and tokenizer")
         given_tok = inits.get("ar") or inits.get("dllm")  # a given model brings its tokenizer
         tok_settings = {"path": str(given_tok)} if given_tok else {"vocab_size": cfg.vocab_size}
         dc = from_dict(DataConfig, {"out_dir": str(data_dir), "max_docs": cfg.max_docs, "seed": cfg.seed,
                                     "tokenizer": tok_settings})
         prepare_data(dc)
-        times.record("prepare", t)
-    tokenizer = Tokenizer.load(data_dir)
+        times.record("prepare", started)
     # each arm speaks its own model's tokenizer (Dream's mask id differs from the AR model's added one)
-    arm_tok = {name: Tokenizer.load(path) if path else tokenizer for name, path in
-               (("ar", inits.get("ar")), ("dllm", inits.get("dllm")))}
-    _check_same_text_ids(arm_tok)
+    arm_tok = {name: inits.get(name) or data_dir for name in ("ar", "dllm")}
+    _check_same_text_ids({name: Tokenizer.load(path) for name, path in arm_tok.items()})
+    env = _environment(cfg, out)  # built (and its search index cached) once, before the stages read it
 
-    # 2. one AR base (causal LM + copying); 3. the DLLM adapted from it (or pre-trained alone)
-    packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
-    probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
-    dllm_decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold, "shift": cfg.dllm_shift}
-    hooks = {"ar": [induction_hook(probes, tokenizer=arm_tok["ar"])],
-             "dllm": [induction_hook(probes, dllm_decoding, arm_tok["dllm"])]}
+    # Every later stage, in priority order; a stage whose output exists is reused. Stages beside
+    # another get one thread each; the AR base, which nothing can run beside, all of them.
+    lane = 1 if cfg.workers > 1 else 0
+    stages: list[Stage] = []
+
+    def add(stage: str, marker: Path, title: str, fn: Any, needs: tuple[str, ...] = (), threads: int = lane,
+            **kwargs: Any) -> None:
+        if _must_run(title, marker):
+            stages.append(Stage(stage, fn, {"cfg": cfg, **kwargs}, needs, threads, title))
+
     adapt = cfg.dllm_from_ar and not cfg.dllm_init
     pre: dict[str, Path] = {}
     for name in ("ar", "dllm"):
-        t = time.perf_counter()
         if name in inits:
             pre[name] = inits[name]
             continue
@@ -309,113 +392,83 @@ def run_compare(cfg: CompareConfig) -> Path:
         steps = cfg.adapt_steps if from_ar else cfg.pretrain_steps
         what = (f"adapt the AR base to block diffusion ({steps} steps)" if from_ar else
                 f"pre-train {name.upper()} ({steps} steps x {cfg.pretrain_batch} x {cfg.pretrain_seq_len} tokens)")
-        final = out / f"pretrain_{name}" / "final"
-        if _stage(what, final / "config.json"):
-            _train(cfg, out / f"pretrain_{name}", cfg.base_objectives(name), data=packed, steps=steps,
-                   batch=cfg.pretrain_batch, lr=cfg.adapt_lr if from_ar else cfg.pretrain_lr,
-                   init_from=str(pre["ar"]) if from_ar else "", eval_hooks=hooks[name], evals=4)
-            times.record(f"pretrain_{name}", t)
-        pre[name] = final
-    induction = _base_induction(out / "induction.json", pre, hooks)
+        pre[name] = out / f"pretrain_{name}" / "final"
+        add(f"pretrain_{name}", pre[name] / "config.json", what, _base_stage,
+            needs=("pretrain_ar",) if from_ar else (), threads=0 if name == "ar" else lane,
+            out=out / f"pretrain_{name}", name=name, data_dir=data_dir, tokenizer=arm_tok[name],
+            init_from=str(pre["ar"]) if from_ar else "")
+    add("trajectories", out / "trajectories" / "val.jsonl", "oracle trajectories through the real tools",
+        _trajectory_stage, out=out, data_dir=data_dir)
     recipe = ("given checkpoints" if cfg.ar_init and cfg.dllm_init else
               "DLLM adapted from the AR base" if adapt else "AR and DLLM pre-trained separately")
 
-    # 3. environment + oracle trajectories
-    t = time.perf_counter()
-    env = DocQAEnvironment(out / "cache", task_types=cfg.task_types, seed=cfg.seed)
-    traj_dir = out / "trajectories"
-    if _stage("oracle trajectories through the real tools", traj_dir / "val.jsonl"):
-        traj_dir.mkdir(exist_ok=True)
-        pool, rng = name_pieces(env), np.random.default_rng(cfg.seed)
-        for split, limit in (("train", cfg.train_trajectories), ("val", 100)):
-            recs = oracle_trajectories(env, split, tokenizer, cfg.recovery_rate, cfg.seed, limit)
-            good = [r for r in recs if r["em"] == 1.0]
-            log.info("  %s: %d/%d oracle episodes correct", split, len(good), len(recs))
-            if split == "train":
-                good += [swap_names(r, pool, rng) for _ in range(cfg.name_swaps) for r in good]
-            atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
-        times.record("trajectories", t)
-
-    # 4. matched fine-tuning
-    lens = [len(tokenizer.encode("".join(tt["content"] for tt in json.loads(line)["turns"]))) + 12
-            for line in (traj_dir / "train.jsonl").read_text().splitlines()[:200]]
+    # matched fine-tuning on the same trajectories
     seq = model_preset(cfg.model_preset, **cfg.model_settings()).max_seq_len
     if inits:  # given models keep their own context length
         seq = min(int(read_checkpoint_meta(p)["model"]["max_seq_len"]) for p in inits.values())
     ctx = {"context_weight": cfg.sft_context_weight}
-    # the aligned DLLM example (clean + noised copy + padded blocks) is the longest of the arms'
-    fit = max_input_length(build_objective("agent_sft_diffusion", tokenizer, **cfg.dllm_params(**ctx)), seq)
-    max_len = min(max(lens) + 32, fit)
-    if max(lens) > fit:
-        log.warning("trajectories of up to %d tokens are cut to %d to fit the aligned DLLM objective in max_seq_len "
-                    "%d; raise model_overrides.max_seq_len to keep them whole", max(lens), fit, seq)
-    sft_data = {"kind": "trajectories", "train_path": str(traj_dir / "train.jsonl"),
-                "val_path": str(traj_dir / "val.jsonl"), "max_len": max_len, "tokenizer": str(data_dir)}
-    arms = {
-        "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
+    arms = {  # in priority order: the DLLM's chain is the longest
         "DLLM": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(ar_weight=cfg.sft_ar_weight, **ctx)}],
                  pre["dllm"], cfg.sft_steps),
+        "AR": ([{"name": "agent_sft_ar", "params": ctx}], pre["ar"], cfg.sft_steps),
         "DLLM unaligned": ([{"name": "agent_sft_diffusion", "params": cfg.dllm_params(aligned=False, **ctx)}],
                            pre["dllm"], cfg.ablation_sft_steps or cfg.sft_steps),
     }
     sft = {}
     for arm, (objective, init, steps) in arms.items():
-        t = time.perf_counter()
         run_dir = out / ("sft_" + arm.lower().replace(" ", "_"))
-        if _stage(f"fine-tune {arm} on the oracle trajectories ({steps} steps)", run_dir / "final" / "config.json"):
-            _train(cfg, run_dir, objective, data=sft_data, steps=steps, batch=cfg.sft_batch, lr=cfg.sft_lr,
-                   init_from=str(init))
-            times.record(f"sft_{arm}", t)
         sft[arm] = run_dir / "final"
+        base = "pretrain_ar" if arm == "AR" else "pretrain_dllm"
+        add(f"sft_{arm}", sft[arm] / "config.json", f"fine-tune {arm} on the oracle trajectories ({steps} steps)",
+            _sft_stage, needs=(base, "trajectories"), out=out, run_dir=run_dir, objectives=objective, init=init,
+            steps=steps, data_dir=data_dir, seq=seq)
+    add("induction", out / "induction.json", "induction metric of both bases", _induction_stage,
+        needs=("pretrain_ar", "pretrain_dllm"), path=out / "induction.json", data_dir=data_dir, bases=pre,
+        tokenizers=arm_tok)
 
-    # 5. agents on the same test tasks
+    # agents on the same test tasks; the two main arms start together, so each runs beside the other
     tasks = _spread(env.tasks("test"), cfg.test_tasks or len(env.tasks("test")))
     loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
                       max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
     free = dataclasses.replace(loop, constrained=not cfg.constrained)
     free_label = "unconstrained" if cfg.constrained else "constrained"
-    device = None if cfg.device == "auto" else cfg.device
     dllm_default = {"threshold": cfg.threshold}
-    runs: dict[str, dict[str, Any]] = {
-        "AR": {"ckpt": sft["AR"], "decoding": {}, "tasks": tasks, "loop": loop},
-        "DLLM": {"ckpt": sft["DLLM"], "decoding": dllm_default, "tasks": tasks, "loop": loop},
-        "DLLM unaligned": {"ckpt": sft["DLLM unaligned"], "decoding": dllm_default,
-                           "tasks": _spread(tasks, cfg.ablation_tasks or len(tasks)), "loop": loop},
-    }
     sweep = _spread(tasks, cfg.settings_tasks)
-    for label, ckpt, dec, lp in (
-        ("AR (sweep subset)", sft["AR"], {}, loop),
-        (f"AR {free_label}", sft["AR"], {}, free),
-        ("DLLM (sweep subset)", sft["DLLM"], dllm_default, loop),
-        (f"DLLM {free_label}", sft["DLLM"], dllm_default, free),
-        ("DLLM one token/step", sft["DLLM"], {"threshold": None, "steps": None}, loop),
-        ("DLLM threshold 0.7", sft["DLLM"], {"threshold": 0.7}, loop),
-        ("DLLM threshold 0.5", sft["DLLM"], {"threshold": 0.5}, loop),
+    runs: list[tuple[str, str, dict[str, Any], list[Any], LoopConfig]] = [
+        ("DLLM", "DLLM", dllm_default, tasks, loop),
+        ("AR", "AR", {}, tasks, loop),
+        ("DLLM unaligned", "DLLM unaligned", dllm_default, _spread(tasks, cfg.ablation_tasks or len(tasks)), loop),
+        ("AR (sweep subset)", "AR", {}, sweep, loop),
+        (f"AR {free_label}", "AR", {}, sweep, free),
+        ("DLLM (sweep subset)", "DLLM", dllm_default, sweep, loop),
+        (f"DLLM {free_label}", "DLLM", dllm_default, sweep, free),
+        ("DLLM one token/step", "DLLM", {"threshold": None, "steps": None}, sweep, loop),
+        *((f"DLLM threshold {th}", "DLLM", {"threshold": th}, sweep, loop) for th in (0.3, 0.7, 0.9)
+          if th != cfg.threshold),
         # the unaligned (bidirectional) DLLM decodes with the dual approximate cache; the cache study
         # (none/prefix/dual) is benchmarks/bench_diffusion_decoding.py, kept out of the timed job
-        ("DLLM unaligned (sweep subset)", sft["DLLM unaligned"], dllm_default, loop),
-    ):
-        runs[label] = {"ckpt": ckpt, "decoding": dec, "tasks": sweep, "loop": lp}
-    episodes: dict[str, list[dict[str, Any]]] = {}
-    if cfg.eval_threads > 0:
-        torch.set_num_threads(cfg.eval_threads)
+        ("DLLM unaligned (sweep subset)", "DLLM unaligned", dllm_default, sweep, loop),
+    ]
     ep_dir = out / "episodes"
     ep_dir.mkdir(exist_ok=True)
-    for label, spec in runs.items():
-        path = ep_dir / (label.lower().replace(" ", "_").replace("/", "").replace(".", "") + ".jsonl")
-        if path.exists() and len(path.read_text().splitlines()) == len(spec["tasks"]):
-            episodes[label] = [json.loads(x) for x in path.read_text().splitlines()]
+    paths = {}
+    for label, arm, decoding, arm_tasks, lp in runs:
+        paths[label] = path = ep_dir / (label.lower().replace(" ", "_").replace("/", "").replace(".", "") + ".jsonl")
+        if path.exists() and len(path.read_text().splitlines()) == len(arm_tasks):
             log.info("✓ agent run %s: reusing %s", label, path)
             continue
-        log.info("▶ agent run: %s on %d test tasks", label, len(spec["tasks"]))
-        t = time.perf_counter()
-        backbone = load_backbone(spec["ckpt"], device=device, **spec["decoding"])
-        tmp = path.with_suffix(".partial")
-        tmp.unlink(missing_ok=True)
-        episodes[label] = run_episodes(env, spec["tasks"], backbone, spec["loop"], log_path=tmp)
-        tmp.replace(path)
-        times.record(f"agents: {label}", t)
+        needs = (f"sft_{arm}", "sft_DLLM") if label == "AR" else (f"sft_{arm}",)
+        stages.append(Stage(f"agents: {label}", _agent_stage,
+                            {"cfg": cfg, "out": out, "path": path, "ckpt": sft[arm], "decoding": decoding,
+                             "tasks": arm_tasks, "loop": lp},
+                            needs, cfg.eval_threads, f"agent run: {label} on {len(arm_tasks)} test tasks"))
+
+    run_stages(stages, cfg.workers, times.set, log)
+    if stages:
+        times.add_wall(time.perf_counter() - started)
+    episodes = {label: [json.loads(x) for x in paths[label].read_text().splitlines()] for label, *_ in runs}
     baseline = {**trivial_baseline(env, "test", tasks), "split": trivial_baseline(env, "test")}
+    induction = json.loads((out / "induction.json").read_text())
     report = write_report(out, episodes, baseline, cfg, times.summary(), {"recipe": recipe, **induction})
     log.info("report: %s", report)
     return report

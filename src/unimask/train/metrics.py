@@ -1,4 +1,5 @@
-"""Run metrics: a JSONL log, TensorBoard scalars and a rich progress bar (loss, tokens/s, ETA).
+"""Run metrics: a JSONL log, TensorBoard scalars and a rich progress bar (loss, tokens/s, ETA);
+without the bar, each logged step is also a log line.
 
 Only rank 0 logs. On resume the JSONL log is cut back to the checkpoint's step (rewritten
 atomically), so a resumed run's log reads like an uninterrupted one.
@@ -7,6 +8,7 @@ atomically), so a resumed run's log reads like an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unimask.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
     def __init__(self, out_dir: str | Path, total_steps: int, start_step: int = 0, *, enabled: bool = True,
                  tensorboard: bool = True, progress: bool = True) -> None:
         self.enabled = enabled
+        self.total_steps = total_steps
         self.path = Path(out_dir) / METRICS_FILE
         self._tb = None
         self._progress = None
@@ -64,6 +68,9 @@ class MetricsLogger:
         record = {"step": step, "kind": kind, "time": time.time(), **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self._progress is None:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, (int, float)))
+            log.info("%s %s step %d/%d: %s", self.path.parent.name, kind, step, self.total_steps, shown)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
