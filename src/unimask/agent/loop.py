@@ -8,6 +8,7 @@ episode ends with a classified outcome and a complete trajectory (JSONL-ready di
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from unimask.sampling.backbone import Backbone
 from unimask.sampling.constraint import Constraint
 from unimask.tokenizer import special as sp
 from unimask.tokenizer.chat import Turn, render_text
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,6 +158,10 @@ def run_episodes(
                     log.flush()
                 if bar:
                     bar.advance(bar_id)
+            done = sum(r is not None for r in records)
+            if not bar and done * 10 // len(tasks) > (done - len(batch)) * 10 // len(tasks):  # every tenth
+                em = sum(r["em"] for r in records if r is not None) / done
+                _log.info("%s/%s: %d/%d tasks, EM %.1f%% so far", env.name, backbone.kind, done, len(tasks), 100 * em)
     finally:
         if bar:
             bar.stop()
