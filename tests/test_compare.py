@@ -176,7 +176,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     assert (out / "trajectories" / "train.jsonl").read_text().strip()
 
     ep_files = sorted((out / "episodes").glob("*.jsonl"))
-    assert len(ep_files) == 12 and not list((out / "episodes").glob("*.partial"))
+    assert len(ep_files) == 14 and not list((out / "episodes").glob("*.partial"))
     records = {p.stem: [json.loads(x) for x in p.read_text().splitlines()] for p in ep_files}
     for stem, recs in records.items():
         main = stem in ("ar", "dllm", "dllm_unaligned")
@@ -187,7 +187,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     assert all([r["task_id"] for r in recs] == ids[:1] for recs in records.values() if len(recs) == 1)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["main"]) == set(MAIN) and all(s["tasks"] == 2 for s in summary["main"].values())
-    assert len(summary["sweep"]) == 9 and summary["speedup"]["tasks"] == 2
+    assert len(summary["sweep"]) == 11 and summary["speedup"]["tasks"] == 2
     for s in summary["main"].values():
         assert 0 <= s["em_lo"] <= s["em"] <= s["em_hi"] <= 1
     bases = summary["bases"]
@@ -205,7 +205,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
 
     # a rerun of the same command retrains nothing and reruns no agent
     first = log.getvalue()
-    assert first.count("reusing") == 0 and first.count("▶") == 8 + 12
+    assert first.count("reusing") == 0 and first.count("▶") == 8 + 14
     kept = [*(f / "model.safetensors" for f in finals.values()), out / "data" / "meta.json",
             out / "trajectories" / "val.jsonl", *ep_files]
     stamps = {p: p.stat().st_mtime_ns for p in kept}
@@ -215,7 +215,7 @@ def test_run_compare_end_to_end_then_resumes_by_reusing_every_stage(
     stage_times = next(line for line in text.splitlines() if line.startswith("Stage wall times"))
     assert stage_times in report.read_text()  # reused stages report what they cost when they ran
     second = log.getvalue()
-    assert "▶" not in second and second.count("reusing") == 8 + 12, second
+    assert "▶" not in second and second.count("reusing") == 8 + 14, second
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p.stem: [json.loads(x) for x in p.read_text().splitlines()] for p in ep_files} == records
     assert not list(out.glob("*/final.partial"))

@@ -55,6 +55,7 @@ class EpisodeRecord(TypedDict):
     failures: dict[str, int]
     nfe: int
     tokens: int
+    forced_tokens: int  # of ``tokens``, those the constraint forced (written without a pass)
     model_time: float
     tool_time: float
     wall_time: float
@@ -95,6 +96,7 @@ class Episode:
             "failures": dict(self.failures),
             "nfe": sum(r["nfe"] for r in self.rounds),
             "tokens": sum(r["tokens"] for r in self.rounds),
+            "forced_tokens": sum(r.get("forced_tokens", 0) for r in self.rounds),
             "model_time": sum(r["model_time"] for r in self.rounds),
             "tool_time": sum(r["tool_time"] for r in self.rounds),
             "wall_time": self.wall_time,
@@ -219,7 +221,8 @@ def _round(live: list[Episode], backbone: Backbone, tools: dict[str, Any], cfg: 
             e.failures[failure.value] += 1
         e.rounds.append({"action": text, "tool": parsed.name, "arguments": parsed.arguments,
                          "failure": failure.value if failure else None, "observation": observation,
-                         "nfe": g.nfe, "tokens": len(g.token_ids), "model_time": model_time,
+                         "nfe": g.nfe, "tokens": len(g.token_ids),
+                         "forced_tokens": int(g.info.get("forced_tokens", 0)), "model_time": model_time,
                          "tool_time": tool_time})
         e.turns.append(Turn("assistant", text))
         if e.done:

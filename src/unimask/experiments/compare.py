@@ -112,6 +112,10 @@ class CompareConfig:
     # on 80 test tasks, fewer malformed copy loops, 35% fewer passes: docs/compare.md)
     threshold: float = 0.5
     constrained: bool = True  # schema-constrained tool calls for every agent (the sweep turns it off)
+    # write what the schema forces (JSON punctuation, key names, a tool name or doc id once its prefix
+    # is unique) without a forward pass, for both arms: the same EM at half the AR agent's passes
+    # on the probe (docs/compare.md); the sweep turns it off
+    forced_tokens: bool = True
     device: str = "auto"
     # Decoding tiny models on CPU is latency-bound: one intra-op thread avoids OpenMP stalls on a
     # busy machine (measured 100x slower with 2 threads under load) and treats both backbones alike.
@@ -342,7 +346,7 @@ def _agent_stage(cfg: CompareConfig, out: Path, path: Path, ckpt: Path, decoding
                  tasks: list[Any], loop: LoopConfig) -> None:
     """One agent on its tasks; the episode log is written whole or not at all."""
     device = None if cfg.device == "auto" else cfg.device
-    backbone = load_backbone(ckpt, device=device, **decoding)
+    backbone = load_backbone(ckpt, device=device, **{"forced_tokens": cfg.forced_tokens, **decoding})
     tmp = path.with_suffix(".partial")
     tmp.unlink(missing_ok=True)
     run_episodes(_environment(cfg, out), tasks, backbone, loop, log_path=tmp, progress=not in_worker())
@@ -443,6 +447,10 @@ def run_compare(cfg: CompareConfig) -> Path:
         ("DLLM (sweep subset)", "DLLM", dllm_default, sweep, loop),
         (f"DLLM {free_label}", "DLLM", dllm_default, sweep, free),
         ("DLLM one token/step", "DLLM", {"threshold": None, "steps": None}, sweep, loop),
+        (f"AR forced tokens {'off' if cfg.forced_tokens else 'on'}", "AR", {"forced_tokens": not cfg.forced_tokens},
+         sweep, loop),
+        (f"DLLM forced tokens {'off' if cfg.forced_tokens else 'on'}", "DLLM",
+         {**dllm_default, "forced_tokens": not cfg.forced_tokens}, sweep, loop),
         *((f"DLLM threshold {th}", "DLLM", {"threshold": th}, sweep, loop) for th in (0.3, 0.7, 0.9)
           if th != cfg.threshold),
         # the unaligned (bidirectional) DLLM decodes with the dual approximate cache; the cache study
