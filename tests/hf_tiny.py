@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from conftest import stdlib_sample_texts
 
@@ -49,10 +49,19 @@ def _trained(arch: str) -> str:
     return tok.to_str()
 
 
-def save_tokenizer(tok: Tokenizer, arch: str, path: Path) -> None:
+def add_bos(tok: Tokenizer, bos: str = "<s>") -> Tokenizer:
+    """``tok`` with a post-processor that puts ``bos`` before every text, as Llama/Mistral tokenizers do."""
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, tok.token_to_id(bos))])
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, arch: str, path: Path, bos: str | None = None) -> None:
     from transformers import PreTrainedTokenizerFast
 
     extra = {"mask_token": MASK[arch]} if arch in MASK else {}
+    if bos is not None:
+        extra["bos_token"] = bos
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS[arch], **extra).save_pretrained(path)
 
 
@@ -69,12 +78,14 @@ def hf_config(arch: str, **over: Any) -> Any:
     return AutoConfig.for_model(arch, **{**common, **extra, **over})
 
 
-def build_native(arch: str, path: Path, seed: int = 0, **over: Any) -> Path:
-    """A random tiny ``arch`` model (weights perturbed off their init so norms and biases matter)."""
+def build_native(arch: str, path: Path, seed: int = 0, bos: bool = False, **over: Any) -> Path:
+    """A random tiny ``arch`` model (weights perturbed off their init so norms and biases matter);
+    ``bos``: its tokenizer puts ``<s>`` before every text (Llama and Mistral families only)."""
     from transformers import AutoModelForCausalLM
 
-    tok = build_tokenizer(arch)
-    conf = hf_config(arch, eos_token_id=tok.token_to_id(EOS[arch]), **over)
+    tok = add_bos(build_tokenizer(arch)) if bos else build_tokenizer(arch)
+    ids = {"eos_token_id": tok.token_to_id(EOS[arch]), **({"bos_token_id": tok.token_to_id("<s>")} if bos else {})}
+    conf = hf_config(arch, **ids, **over)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
     with torch.no_grad():
@@ -82,7 +93,7 @@ def build_native(arch: str, path: Path, seed: int = 0, **over: Any) -> Path:
             if p.dim() == 1:  # norms (ones) and biases (zeros) would hide a mis-mapped weight
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(path)
-    save_tokenizer(tok, arch, path)
+    save_tokenizer(tok, arch, path, bos="<s>" if bos else None)
     return path
 
 

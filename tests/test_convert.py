@@ -11,14 +11,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hf_tiny import EOS, MASK, TOKENIZER_SIZE, VOCAB, build_diffusion, build_native, diffusion_state
-from unimask.model import load_checkpoint
+from hf_tiny import (
+    EOS,
+    MASK,
+    TOKENIZER_SIZE,
+    VOCAB,
+    build_diffusion,
+    build_native,
+    build_tokenizer,
+    diffusion_config,
+    diffusion_state,
+)
+from unimask.model import AttentionStructure, ModelConfig, Transformer, load_checkpoint, save_checkpoint
 from unimask.model.convert import (
     ConvertError,
     ensure_checkpoint,
     export_checkpoint,
     import_hf_dir,
     model_config_from_hf,
+    read_hf_weights,
     state_from_hf,
 )
 from unimask.tokenizer import special as sp
@@ -68,6 +79,49 @@ def test_native_roundtrip_parity_and_greedy_generation(arch: str, tmp_path: Path
     got = load_backbone(dst, device="cpu").generate([""], prompt_ids=[prompt[0].tolist()], max_new_tokens=10,
                                                     stop_token_ids=[])[0].token_ids
     assert got == want
+    again = back.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, 6:].tolist()
+    assert again == want  # the exported directory decodes as the original did
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_a_tokenizer_that_adds_bos_keeps_it_through_import_export_and_generation(arch: str, tmp_path: Path) -> None:
+    """Llama/Mistral tokenizers put ``<s>`` before every text. transformers 5 takes that from
+    tokenizer.json's post-processor (tokenizer_config's add_bos_token is ignored beside a
+    tokenizer.json), and so does unimask: a text prompt starts with the BOS, greedy decoding of a
+    text prompt matches transformers' tokenizer(prompt) + generate(), and the export keeps it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unimask.sampling import load_backbone
+
+    src = build_native(arch, tmp_path / "hf", bos=True)
+    prompt = "import os\ndef f(x):"
+    ref_ids = AutoTokenizer.from_pretrained(src)(prompt).input_ids
+    bos = ref_ids[0]
+    assert bos == json.loads((src / "config.json").read_text())["bos_token_id"]
+    dst = import_hf_dir(src, tmp_path / "ckpt")
+    _, tok, _ = load_checkpoint(dst)
+    assert tok.bos_id == bos and tok.encode_prompt(prompt) == ref_ids and tok.encode(prompt) == ref_ids[1:]
+    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = torch.tensor([ref_ids])
+    want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                       eos_token_id=None, pad_token_id=0)[0, len(ref_ids):].tolist()
+    got = load_backbone(dst, device="cpu").generate([prompt], max_new_tokens=8, stop_token_ids=[])[0].token_ids
+    assert got == want
+    out = export_checkpoint(dst, tmp_path / "hf_out")
+    assert AutoTokenizer.from_pretrained(out)(prompt).input_ids == ref_ids
+    assert json.loads((out / "config.json").read_text())["bos_token_id"] == bos
+    _, tok2, _ = load_checkpoint(import_hf_dir(out, tmp_path / "ckpt2"))
+    assert tok2.encode_prompt(prompt) == ref_ids
+
+
+def test_tokenizers_without_bos_prompt_as_before(tmp_path: Path, tiny_tokenizer) -> None:
+    """Qwen's tokenizer and unimask's own add nothing: a prompt is its plain encoding, no BOS exported."""
+    _, tok, _ = load_checkpoint(import_hf_dir(build_native("qwen2", tmp_path / "hf"), tmp_path / "ckpt"))
+    for t in (tok, tiny_tokenizer):
+        assert t.bos_id is None and t.encode_prompt("def f(x):") == t.encode("def f(x):")
+    out = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    assert json.loads((out / "config.json").read_text()).get("bos_token_id") is None
 
 
 def test_special_tokens_added_with_mean_rows_and_recorded(tmp_path: Path) -> None:
@@ -106,6 +160,69 @@ def test_diffusion_families_name_map_and_mask_token(arch: str, tmp_path: Path) -
         n = min(TOKENIZER_SIZE, state[h].shape[0])  # rows past the tokenizer are new tokens
         torch.testing.assert_close(ours[u][:n], state[h][:n], atol=0, rtol=0)
     assert model.cfg.attn_bias is (arch == "dream")
+
+
+@pytest.mark.parametrize("arch", ["dream", "llada"])
+def test_diffusion_export_round_trip_is_bit_identical(arch: str, tmp_path: Path) -> None:
+    """An imported Dream/LLaDA checkpoint exports to its own layout (config keys, weight names,
+    tokenizer files) and imports again to the same weights, config, tokens and logits, bit for bit."""
+    from transformers import AutoTokenizer
+
+    from unimask.cli import _mount, app
+
+    src = build_diffusion(arch, tmp_path / arch)
+    first = import_hf_dir(src, tmp_path / "ckpt")
+    _mount()
+    r = CliRunner().invoke(app, ["convert", str(first), str(tmp_path / "out"), "--arch", arch])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    conf = json.loads((out / "config.json").read_text())
+    built = diffusion_config(arch, build_tokenizer(arch))
+    shape_keys = set(built) - {"vocab_size", "embedding_size", "pad_token_id", "bos_token_id", "mlp_ratio",
+                                "init_device", "flash_attention"}
+    assert {k: conf[k] for k in shape_keys} == {k: built[k] for k in shape_keys}  # their code reads these
+    orig, back = read_hf_weights(src), read_hf_weights(out)
+    assert set(back) == set(orig)
+    for name, w in orig.items():  # rows past the tokenizer became unimask's special tokens
+        torch.testing.assert_close(back[name][:TOKENIZER_SIZE], w[:TOKENIZER_SIZE], atol=0, rtol=0)
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    assert hf_tok.mask_token == MASK[arch] and hf_tok.mask_token_id == conf["mask_token_id"]
+    m1, t1, e1 = load_checkpoint(first)
+    m2, t2, e2 = load_checkpoint(import_hf_dir(out, tmp_path / "again"))
+    assert m2.cfg == m1.cfg and t2.special_token_ids == t1.special_token_ids and t2.vocab_size == t1.vocab_size
+    assert (e2["backbone"], e2["shift"], e2["added_tokens"]) == (e1["backbone"], e1["shift"], [])
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert set(s1) == set(s2) and all(torch.equal(s1[k], s2[k]) for k in s1)
+    ids = _ids(t=12)
+    with torch.no_grad():
+        structure = AttentionStructure.bidirectional(*ids.shape)
+        assert torch.equal(m1(ids, structure), m2(ids, structure))
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["llada", "dream"])
+def test_block_diffusion_checkpoint_exports_and_keeps_its_decoder(shift: bool, tmp_path: Path, tiny_tokenizer) -> None:
+    """A block-diffusion model trained here (tied, no q/k/v biases) exports to LLaDA's layout, or
+    Dream's when shifted; the block decoder rides in config.json and comes back on import."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tiny_tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4,
+                                    n_kv_heads=2, max_seq_len=64))
+    extra = {"backbone": "block_diffusion", "block_size": 4, "clean_attention": "causal", **({"shift": True} if shift
+                                                                                             else {})}
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, tiny_tokenizer, extra)
+    out = export_checkpoint(ckpt, tmp_path / "out")
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["model_type"] == ("Dream" if shift else "llada")
+    back, tok, extra2 = load_checkpoint(import_hf_dir(out, tmp_path / "again"))
+    assert {k: extra2[k] for k in ("backbone", "block_size", "clean_attention", "shift")} == \
+        {"backbone": "block_diffusion", "block_size": 4, "clean_attention": "causal", "shift": shift}
+    assert tok.special_token_ids == tiny_tokenizer.special_token_ids and extra2["added_tokens"] == []
+    ids = torch.randint(0, tiny_tokenizer.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    structure = AttentionStructure.bidirectional(*ids.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, structure), model(ids, structure), atol=TOL, rtol=0)
+    if not shift:  # LLaDA holds exactly these weights; Dream's layout adds zero q/k/v biases
+        s1, s2 = model.state_dict(), back.state_dict()
+        assert back.cfg == model.cfg and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
 def test_diffusion_logits_match_reference_fixture(tmp_path: Path) -> None:
@@ -184,9 +301,22 @@ def test_export_refuses_what_the_family_lacks(tmp_path: Path) -> None:
     dst = import_hf_dir(src, tmp_path / "ckpt")
     with pytest.raises(ConvertError, match="qk_norm.*export to qwen3"):
         export_checkpoint(dst, tmp_path / "out", arch="llama")
-    dream = import_hf_dir(build_diffusion("dream", tmp_path / "dream"), tmp_path / "dream_ckpt")
-    with pytest.raises(ConvertError, match="shifted.*masked_diffusion"):
-        export_checkpoint(dream, tmp_path / "out2")
+    with pytest.raises(ConvertError, match="AR \\(causal\\) checkpoint.*dream is a diffusion layout.*--arch llama"):
+        export_checkpoint(dst, tmp_path / "out", arch="dream")
+
+
+@pytest.mark.parametrize(("arch", "to", "match"), [
+    ("dream", "qwen2", "shifted masked_diffusion .*qwen2 is a causal family.*--arch dream"),
+    ("llada", "llama", "masked_diffusion .*llama is a causal family.*--arch llada"),
+    ("dream", "llada", "shifted.*Dream's convention.*--arch dream"),
+    ("llada", "dream", "unshifted.*LLaDA's convention.*--arch llada"),
+])
+def test_diffusion_export_refuses_a_family_that_would_run_it_differently(arch: str, to: str, match: str,
+                                                                        tmp_path: Path) -> None:
+    ckpt = import_hf_dir(build_diffusion(arch, tmp_path / arch), tmp_path / "ckpt")
+    with pytest.raises(ConvertError, match=match):
+        export_checkpoint(ckpt, tmp_path / "out", arch=to)
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- CLI and direct starts

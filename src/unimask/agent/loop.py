@@ -111,7 +111,7 @@ def _fit_context(turns: list[Turn], backbone: Backbone, budget: int) -> str | No
     turns = list(turns)
     while True:
         prompt = render_text(turns, add_generation_prompt=True)
-        if len(backbone.tokenizer.encode(prompt)) <= budget:
+        if len(backbone.tokenizer.encode_prompt(prompt)) <= budget:
             return prompt
         # keep system + user (first two) and the latest pair; drop the oldest pair after them
         if len(turns) <= 4:

@@ -14,7 +14,10 @@ An import adopts the model's tokenizer, adds unimask's special tokens it lacks, 
 embedding (and an untied head) with rows set to the mean of the existing ones, reuses a mask,
 EOS or pad token the model already has, and records the mapping in the checkpoint.
 
-Outbound: llama, mistral, qwen2, qwen3 (directories ``transformers`` loads natively).
+Outbound: an AR checkpoint to llama, mistral, qwen2 or qwen3 (directories ``transformers`` loads
+natively); a diffusion checkpoint to Dream's layout (shifted) or LLaDA's (unshifted): their config
+keys, weight names and tokenizer files, for their own modeling code, which is not included. A
+causal family asked for a diffusion model, or the reverse, is refused by name.
 
 ``ensure_checkpoint`` is the one entry point other stages use: a unimask checkpoint passes
 through, a Hugging Face directory is converted once into a cache and reused.
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer as HFTokenizer
 
 from unimask.io import atomic_dir
@@ -43,7 +46,16 @@ from unimask.tokenizer.tokenizer import TOKENIZER_FILE
 
 CONVERT_VERSION = 1  # bump when an import would write a different checkpoint (invalidates the cache)
 IMPORTABLE = ("llama", "mistral", "qwen2", "qwen3", "llada", "dream")
-EXPORTABLE = ("llama", "mistral", "qwen2", "qwen3")
+CAUSAL_EXPORTS = ("llama", "mistral", "qwen2", "qwen3")
+DIFFUSION_EXPORTS = ("dream", "llada")
+EXPORTABLE = CAUSAL_EXPORTS + DIFFUSION_EXPORTS
+# config.json key of a Dream/LLaDA export that keeps a decoder their layouts have no field for
+# (block diffusion's block size and clean attention); their own code ignores it
+DECODER_KEY = "unimask_decoder"
+# the remote-code entry points of the public releases (their code files are not written here)
+_AUTO_MAP = {"dream": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+             "llada": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                       "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"}}
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                 "llada": "llada", "dream": "dream"}
 _MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
@@ -347,13 +359,16 @@ def grow_vocab(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer: Toke
 
 
 # ---------------------------------------------------------------------------------------- import
-def backbone_extra(arch: str) -> dict[str, Any]:
-    """The decoder an imported checkpoint needs (``sampling.load_backbone`` reads it)."""
-    if arch == "llada":
-        return {"backbone": "masked_diffusion", "shift": False}
-    if arch == "dream":
-        return {"backbone": "masked_diffusion", "shift": True}
-    return {"backbone": "ar"}
+def backbone_extra(arch: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The decoder an imported checkpoint needs (``sampling.load_backbone`` reads it): LLaDA and
+    Dream decode as masked diffusion (Dream shifted) unless a unimask export recorded block diffusion."""
+    if arch not in DIFFUSION_EXPORTS:
+        return {"backbone": "ar"}
+    recorded = dict((conf or {}).get(DECODER_KEY) or {})
+    if recorded.get("backbone") == "block_diffusion":
+        return {"backbone": "block_diffusion", "block_size": int(recorded["block_size"]),
+                "clean_attention": str(recorded["clean_attention"]), "shift": arch == "dream"}
+    return {"backbone": "masked_diffusion", "shift": arch == "dream"}
 
 
 def import_hf_dir(src: str | Path, dst: str | Path) -> Path:
@@ -370,7 +385,7 @@ def import_hf_dir(src: str | Path, dst: str | Path) -> Path:
     model = Transformer(cfg)
     model.load_state_dict(state, strict=not cfg.tie_embeddings)
     extra = {
-        **backbone_extra(arch),
+        **backbone_extra(arch, conf),
         "source": {"path": str(src.resolve()), "arch": arch, "model_type": conf.get("model_type"),
                    "vocab_size": int(conf.get("vocab_size") or conf.get("embedding_size") or 0)},
         "special_tokens": tokenizer.special_token_ids,
@@ -384,27 +399,64 @@ def import_hf_dir(src: str | Path, dst: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------- export
 def _default_export_arch(cfg: ModelConfig, extra: dict[str, Any]) -> str:
     source = (extra.get("source") or {}).get("arch")
-    if source in EXPORTABLE:
+    diffusion = extra.get("backbone", "ar") != "ar"
+    if source in (DIFFUSION_EXPORTS if diffusion else CAUSAL_EXPORTS):
         return source
+    if diffusion:
+        return "dream" if extra.get("shift") else "llada"
     return "qwen3" if cfg.qk_norm else "qwen2" if cfg.attn_bias else "llama"
 
 
-def hf_config(cfg: ModelConfig, arch: str, tokenizer: Tokenizer) -> Any:
-    """A ``transformers`` config of family ``arch`` describing a ``cfg`` model exactly."""
-    from transformers import AutoConfig
+def check_export_arch(arch: str, extra: dict[str, Any]) -> None:
+    """Refuse a family that would run the checkpoint differently: causal vs diffusion, shifted or not."""
+    if arch not in EXPORTABLE:
+        raise ConvertError(f"cannot export to {arch!r}; exportable: {', '.join(EXPORTABLE)}")
+    backbone, shift = extra.get("backbone", "ar"), bool(extra.get("shift"))
+    if backbone == "ar" and arch in DIFFUSION_EXPORTS:
+        raise ConvertError(f"this is an AR (causal) checkpoint, and {arch} is a diffusion layout whose code attends "
+                           f"bidirectionally: it would be a different model. Export it with --arch "
+                           f"{'|'.join(CAUSAL_EXPORTS)}")
+    if backbone != "ar" and arch in CAUSAL_EXPORTS:
+        fix = "dream" if shift else "llada"
+        raise ConvertError(f"this is a {'shifted ' if shift else ''}{backbone} (diffusion) checkpoint, and {arch} is "
+                           f"a causal family that transformers runs left to right: it would be a different model. "
+                           f"Export it with --arch {fix} ({'shifted, Dream' if shift else 'unshifted, LLaDA'}'s layout)")
+    if arch == "llada" and shift:
+        raise ConvertError("this diffusion checkpoint is shifted (position i predicts token i+1, Dream's convention); "
+                           "LLaDA predicts token i at position i. Export it with --arch dream")
+    if arch == "dream" and backbone != "ar" and not shift:
+        raise ConvertError("this diffusion checkpoint is unshifted (position i predicts token i, LLaDA's convention); "
+                           "Dream's code reads token i+1 at position i. Export it with --arch llada")
 
+
+def _check_block(cfg: ModelConfig, arch: str) -> None:
+    """Refuse options the export family has no field for."""
     if cfg.smear:
         raise ConvertError("this model uses smear (a previous-token embedding mix) that no Hugging Face family has; "
                            "only smear=false models export")
-    if arch not in EXPORTABLE:
-        raise ConvertError(f"cannot export to {arch!r}; exportable: {', '.join(EXPORTABLE)}")
     if cfg.qk_norm and arch != "qwen3":
-        raise ConvertError(f"this model normalises queries and keys (qk_norm), which {arch} lacks; export to qwen3")
+        raise ConvertError(f"this model normalises queries and keys (qk_norm), which {arch} lacks; "
+                           + ("it has no diffusion export" if arch in DIFFUSION_EXPORTS else "export to qwen3"))
     if arch == "qwen3" and not cfg.qk_norm:
         raise ConvertError("qwen3 always normalises queries and keys and this model does not (qk_norm=false); "
                            "export to llama, mistral or qwen2")
-    if cfg.attn_bias and arch != "qwen2":
+    if cfg.attn_bias and arch not in ("qwen2", "dream", "llada"):
         raise ConvertError(f"this model has q/k/v biases (attn_bias), which {arch} cannot hold alone; export to qwen2")
+    if arch in DIFFUSION_EXPORTS and cfg.attn_head_dim not in (None, cfg.d_model // cfg.n_heads):
+        raise ConvertError(f"this model's head dim {cfg.head_dim} is not d_model / n_heads, which {arch}'s code "
+                           "assumes; it has no diffusion export")
+    if arch == "llada" and cfg.rope_scaling:
+        raise ConvertError(f"this model scales RoPE ({cfg.rope_scaling['rope_type']}), which LLaDA's config cannot "
+                           "express; export it with --arch dream if it is shifted, else it has no diffusion export")
+
+
+def hf_config(cfg: ModelConfig, arch: str, tokenizer: Tokenizer) -> Any:
+    """A ``transformers`` config of causal family ``arch`` describing a ``cfg`` model exactly."""
+    from transformers import AutoConfig
+
+    if arch not in CAUSAL_EXPORTS:
+        raise ConvertError(f"{arch!r} is not a transformers-native causal family ({', '.join(CAUSAL_EXPORTS)})")
+    _check_block(cfg, arch)
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling:
         rope = {**cfg.rope_scaling, "rope_theta": cfg.rope_theta}
@@ -414,7 +466,7 @@ def hf_config(cfg: ModelConfig, arch: str, tokenizer: Tokenizer) -> Any:
         head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
         rope_parameters=rope, tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu",
         initializer_range=cfg.init_std, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id,
-        bos_token_id=None,
+        bos_token_id=tokenizer.bos_id,
     )
     if arch in ("llama", "qwen3"):
         common.update(attention_bias=False)
@@ -425,8 +477,56 @@ def hf_config(cfg: ModelConfig, arch: str, tokenizer: Tokenizer) -> Any:
     return AutoConfig.for_model(arch, **common)
 
 
+def diffusion_hf_config(cfg: ModelConfig, arch: str, tokenizer: Tokenizer, extra: dict[str, Any]) -> dict[str, Any]:
+    """The config.json of a Dream- or LLaDA-layout directory describing a ``cfg`` model exactly."""
+    if arch not in DIFFUSION_EXPORTS:
+        raise ConvertError(f"{arch!r} is not a diffusion layout ({', '.join(DIFFUSION_EXPORTS)})")
+    _check_block(cfg, arch)
+    tokens = {"mask_token_id": tokenizer.mask_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
+              "bos_token_id": tokenizer.bos_id}
+    if arch == "dream":
+        conf: dict[str, Any] = {
+            "architectures": ["DreamModel"], "model_type": "Dream", "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta,
+            "rope_scaling": dict(cfg.rope_scaling) if cfg.rope_scaling else None, "rms_norm_eps": cfg.norm_eps,
+            "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": cfg.n_layers, "attention_dropout": 0.0,
+            "initializer_range": cfg.init_std,
+        }
+    else:
+        conf = {
+            "architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": cfg.d_model, "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads, "n_layers": cfg.n_layers, "mlp_hidden_size": cfg.d_ff,
+            "vocab_size": cfg.vocab_size, "embedding_size": cfg.vocab_size, "max_sequence_length": cfg.max_seq_len,
+            "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps, "block_type": "llama",
+            "layer_norm_type": "rms", "activation_type": "silu", "include_bias": False,
+            "include_qkv_bias": cfg.attn_bias, "attention_layer_norm": False, "alibi": False, "rope": True,
+            "weight_tying": cfg.tie_embeddings, "scale_logits": False, "input_emb_norm": False,
+            "block_group_size": 1, "multi_query_attention": None, "init_std": cfg.init_std,
+        }
+    conf.update(tokens, auto_map=_AUTO_MAP[arch], torch_dtype="float32")
+    if extra.get("backbone") == "block_diffusion":
+        conf[DECODER_KEY] = {"backbone": "block_diffusion", "block_size": int(extra.get("block_size", 16)),
+                             "clean_attention": str(extra.get("clean_attention", "causal"))}
+    return conf
+
+
+def diffusion_hf_state(model: Transformer, arch: str) -> dict[str, torch.Tensor]:
+    """The model's weights under Dream's or LLaDA's names (Dream's q/k/v biases zero when it has none)."""
+    ours = model.state_dict()
+    state = {h: ours[u].detach().contiguous().cpu() for u, h in name_map(model.cfg, arch).items()}
+    if arch == "dream" and not model.cfg.attn_bias:  # Dream's layout always has them: zero is exact
+        for i, layer in enumerate(model.layers):
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                w = getattr(layer.attn, proj).weight
+                state[f"model.layers.{i}.self_attn.{proj}.bias"] = torch.zeros(w.shape[0], dtype=w.dtype)
+    return state
+
+
 def to_hf_model(model: Transformer, tokenizer: Tokenizer, arch: str) -> Any:
-    """An in-memory ``transformers`` model of family ``arch`` with this model's weights."""
+    """An in-memory ``transformers`` model of causal family ``arch`` with this model's weights."""
     from transformers import AutoModelForCausalLM
 
     conf = hf_config(model.cfg, arch, tokenizer)
@@ -447,23 +547,35 @@ def to_hf_model(model: Transformer, tokenizer: Tokenizer, arch: str) -> Any:
     return hf.eval()
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, arch: str | None = None) -> Path:
-    """Write a unimask checkpoint as a Hugging Face directory ``AutoModelForCausalLM`` loads."""
+def _save_hf_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    """``tokenizer.json`` (its own post-processor, so a BOS it adds stays added) + ``tokenizer_config.json``."""
     from transformers import PreTrainedTokenizerFast
 
+    roles = {"eos_token": tokenizer.eos_id, "pad_token": tokenizer.pad_id, "mask_token": tokenizer.mask_id,
+             "bos_token": tokenizer.bos_id}
+    names = {k: tokenizer.id_to_token(i) for k, i in roles.items() if i is not None}
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, **names).save_pretrained(path)
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, arch: str | None = None) -> Path:
+    """Write a unimask checkpoint as a Hugging Face directory: an AR one as a family
+    ``AutoModelForCausalLM`` loads, a diffusion one in Dream's or LLaDA's layout."""
     model, tokenizer, extra = load_checkpoint(src)
-    if extra.get("backbone", "ar") != "ar":
-        note = "a shifted (Dream-style) " if extra.get("shift") else "a "
-        raise ConvertError(f"{src} is {note}{extra['backbone']} model: its weights export, but transformers would run "
-                           "it as a causal LM, which it is not. Only AR checkpoints export to Hugging Face")
     arch = arch or _default_export_arch(model.cfg, extra)
-    hf = to_hf_model(model, tokenizer, arch)
+    check_export_arch(arch, extra)
     dst = Path(dst)
+    if arch in CAUSAL_EXPORTS:
+        hf = to_hf_model(model, tokenizer, arch)
+        with atomic_dir(dst) as tmp:
+            hf.save_pretrained(tmp)
+            _save_hf_tokenizer(tokenizer, tmp)
+        return dst
+    conf = diffusion_hf_config(model.cfg, arch, tokenizer, extra)
+    state = diffusion_hf_state(model, arch)
     with atomic_dir(dst) as tmp:
-        hf.save_pretrained(tmp)
-        names = {k: tokenizer.id_to_token(i) for k, i in
-                 (("eos_token", tokenizer.eos_id), ("pad_token", tokenizer.pad_id), ("mask_token", tokenizer.mask_id))}
-        PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, **names).save_pretrained(tmp)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(conf, indent=2))
+        _save_hf_tokenizer(tokenizer, tmp)
     return dst
 
 

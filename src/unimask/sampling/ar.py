@@ -75,7 +75,7 @@ class ARBackbone:
         tok = self.tokenizer
         opts = self.defaults.replace(**decoding)
         temperature, forced_tokens = opts.temperature, bool(opts.forced_tokens)
-        ids_list = list(prompt_ids) if prompt_ids is not None else [tok.encode(p) for p in prompts]
+        ids_list = list(prompt_ids) if prompt_ids is not None else [tok.encode_prompt(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")
         longest = max(len(p) for p in ids_list)

@@ -209,7 +209,7 @@ class DiffusionBackbone:
     ) -> list[Generation]:
         # An explicit ``threshold=None`` switches to LLaDA's fixed schedule; omit it for the default.
         opts = self.defaults.replace(**decoding)
-        ids_list = list(prompt_ids) if prompt_ids is not None else [self.tokenizer.encode(p) for p in prompts]
+        ids_list = list(prompt_ids) if prompt_ids is not None else [self.tokenizer.encode_prompt(p) for p in prompts]
         if not ids_list or any(len(p) == 0 for p in ids_list):
             raise ValueError("every prompt must be non-empty")
         return [self._one(ids, max_new_tokens, list(stop or []), constraint, on_update, i, opts)

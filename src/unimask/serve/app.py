@@ -119,7 +119,7 @@ def create_app(backbone: Backbone, config: ServeConfig | None = None) -> FastAPI
         return settings
 
     def usage(prompt: str, gen: Generation) -> dict[str, int]:
-        p = len(backbone.tokenizer.encode(prompt))
+        p = len(backbone.tokenizer.encode_prompt(prompt))
         return {"prompt_tokens": p, "completion_tokens": len(gen.token_ids), "total_tokens": p + len(gen.token_ids)}
 
     def finish(gen: Generation) -> str:

@@ -63,6 +63,11 @@ class Tokenizer:
         self.sentinel_ids = [ids[s] for s in sp.SENTINELS]
         self.special_ids = frozenset(ids.values())
         self.special_token_ids = ids  # unimask special token -> id in this vocabulary
+        # What the tokenizer's own post-processor puts before every text (Llama's and Mistral's
+        # "<s>"; nothing for unimask's tokenizers, Qwen's or Dream's): prompts start with it, as
+        # ``transformers``' tokenizer(prompt) does before generate().
+        self.prompt_prefix_ids = _template_prefix(hf)
+        self.bos_id = self.prompt_prefix_ids[0] if len(self.prompt_prefix_ids) == 1 else None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -72,6 +77,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``; special-token strings inside ``text`` map to their ids."""
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a generation prompt: ``encode`` after the tokenizer's own prefix (its BOS, if it adds one)."""
+        return self.prompt_prefix_ids + self.encode(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
@@ -138,6 +147,17 @@ class Tokenizer:
                 f"tokenizer has {self.vocab_size} tokens but the model's vocab_size is {model_vocab_size}; "
                 "use the tokenizer the model was trained with, or set model.vocab_size >= tokenizer size"
             )
+
+
+def _template_prefix(hf: HFTokenizer) -> list[int]:
+    """The ids ``hf``'s post-processor adds in front of a single text (empty when it adds none)."""
+    probe = "x"
+    plain = hf.encode(probe, add_special_tokens=False).ids
+    full = hf.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 def train_tokenizer(

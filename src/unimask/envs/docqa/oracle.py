@@ -86,6 +86,9 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.encode(text)
+
 
 def oracle_trajectories(env: DocQAEnvironment, split: str, tokenizer: Any = None, recovery_rate: float = 0.1,
                         seed: int = 0, limit: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
