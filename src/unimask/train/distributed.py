@@ -69,6 +69,15 @@ def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
+def all_reduce_sum(n: int, info: DistInfo, device: torch.device) -> int:
+    """``n`` summed over ranks, exactly (int64, on ``device`` so that NCCL can carry it)."""
+    if not info.enabled:
+        return n
+    t = torch.tensor(n, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t)
+
+
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     if not info.enabled:
         return [obj]

@@ -1,5 +1,7 @@
 """Preemption: SIGTERM/SIGINT (a scheduler's notice, Ctrl-C) end a run after the current step,
-with a checkpoint, on every rank at once."""
+with a checkpoint, on every rank at once. Across ranks the flag is agreed by a collective, which
+the trainer runs only on steps that log or checkpoint (where it syncs anyway), so there a run
+stops at the next such step."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """The training loop: one loop for every objective mixture, single process or torchrun DDP/FSDP2.
 
 Order of a step: ``accum`` micro-batches (forward under autocast, mean example loss / accum,
-backward; gradient sync only on the last), clip, AdamW step at the scheduled LR, log; then
-evaluate and checkpoint on their intervals. Everything a step depends on -- weights, optimizer,
+backward; gradient sync only on the last), clip, AdamW step at the scheduled LR; then log,
+evaluate and checkpoint on their intervals. Losses stay on the device between log intervals:
+a step that neither logs nor checkpoints makes no device-to-host sync (the losses, token counts,
+NaN check and, across ranks, the stop flag are read back together where it does). Everything a step depends on -- weights, optimizer,
 data cursor, RNG -- is in the checkpoint, so resuming reproduces an uninterrupted run.
 """
 
@@ -30,6 +32,7 @@ from unimask.train.batches import MicroBatches, ObjectiveFn, build_objective_fn
 from unimask.train.config import ObjectiveSpec, TrainConfig
 from unimask.train.distributed import (
     all_reduce_mean,
+    all_reduce_sum,
     barrier,
     cleanup,
     gather_objects,
@@ -247,15 +250,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _micro_step(self, batch: Batch, sync: bool) -> tuple[torch.Tensor, int]:
+        """Forward and backward of one host-side micro-batch: its mean loss, left on the device, and
+        its real (non-pad) token count, read from the host copy (neither needs a device sync)."""
+        plain = batch.attention.is_plain_causal()
+        tokens = int((batch.attention.doc_ids >= 0).sum())
         batch = batch.to(self.device)
         with self.parallel.grad_sync(self.model, sync):
             with autocast_context(self.device, self.amp_dtype):
-                attention = None if batch.attention.is_plain_causal() else batch.attention
-                logits = self.model(batch.input_ids, attention)
+                logits = self.model(batch.input_ids, None if plain else batch.attention)
             loss = example_loss(logits, batch.labels, batch.loss_weights).mean()
             (loss / self.cfg.grad_accum).backward()
-        tokens = int((batch.attention.doc_ids >= 0).sum())
         return loss.detach(), tokens
+
+    def _read_back(self, pending: list[torch.Tensor], local_tokens: int) -> tuple[list[float], int]:
+        """The loop's host sync: the ``pending`` steps' losses (mean over ranks) and the tokens all
+        ranks trained on in them; raises on the first loss that is not finite."""
+        losses = all_reduce_mean(torch.stack(pending), self.info).tolist()
+        first = self.step - len(pending) + 1
+        for k, value in enumerate(losses):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss is {value} at step {first + k}; lower optim.lr or check the data")
+        return losses, all_reduce_sum(local_tokens, self.info, self.device)
 
     def evaluate(self) -> dict[str, float]:
         out = self._validation_loss()
@@ -307,6 +322,10 @@ class Trainer:
         result = TrainResult(self.step, self.out_dir, resume_from)
         last_saved = self.step if resume_from is not None else -1
         stop = StopFlag()
+        pending: list[torch.Tensor] = []  # per-step mean losses not yet read back, on the device
+        pending_tokens = 0  # this rank's real tokens in those steps
+        log_tokens, log_seconds = 0, 0.0  # since the last log record
+        last_loss, last_tps = float("nan"), 0.0
         try:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
@@ -315,34 +334,41 @@ class Trainer:
                     group["lr"] = lr
                 batches = self.stream.step_batches()
                 loss_sum = torch.zeros((), device=self.device)
-                tokens = 0
                 for i, batch in enumerate(batches):
                     loss, n = self._micro_step(batch, sync=i == len(batches) - 1)
                     loss_sum += loss
-                    tokens += n
+                    pending_tokens += n
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                loss_val = float(all_reduce_mean(loss_sum / len(batches), info))
-                tokens_all = int(all_reduce_mean(torch.tensor(float(tokens), device=self.device), info) * info.world_size)
-                self.tokens += tokens_all
-                dt = time.perf_counter() - t0
-                result.losses.append(loss_val)
-                if not math.isfinite(loss_val):
-                    raise FloatingPointError(f"loss is {loss_val} at step {self.step}; lower optim.lr or check the data")
-                logger.advance(self.step, loss_val, tokens_all / dt)
-                if self.step % cfg.log_interval == 0 or self.step == self.total_steps:
-                    logger.log(self.step, {"loss": loss_val, "lr": lr, "grad_norm": float(grad_norm),
-                                           "tokens": self.tokens, "tokens_per_s": tokens_all / dt})
+                pending.append(loss_sum / len(batches))
+                log_due = self.step % cfg.log_interval == 0 or self.step == self.total_steps
+                save_due = cfg.checkpoint_interval > 0 and self.step % cfg.checkpoint_interval == 0
+                # one process reads its flag for free; ranks agree on it (a collective) only where they sync anyway
+                stopping = (log_due or save_due or not info.enabled) and stop.requested(info, self.device)
+                if log_due or save_due or stopping:
+                    losses, tokens_all = self._read_back(pending, pending_tokens)
+                    pending, pending_tokens = [], 0
+                    result.losses += losses
+                    last_loss = losses[-1]
+                    self.tokens += tokens_all
+                    log_tokens += tokens_all
+                log_seconds += time.perf_counter() - t0
+                if log_due:
+                    last_tps = log_tokens / log_seconds
+                    logger.log(self.step, {"loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                                           "tokens": self.tokens, "tokens_per_s": last_tps})
+                    log_tokens, log_seconds = 0, 0.0
+                logger.advance(self.step, last_loss, last_tps)
                 if cfg.eval_interval > 0 and (self.step % cfg.eval_interval == 0 or self.step == self.total_steps):
                     result.eval = self.evaluate()
                     if result.eval:
                         logger.log(self.step, result.eval, kind="val")
-                if cfg.checkpoint_interval > 0 and self.step % cfg.checkpoint_interval == 0:
+                if save_due:
                     result.checkpoint = self.save()
                     last_saved = self.step
-                if stop.requested(self.info, self.device):
+                if stopping:
                     result.interrupted = True
                     break  # SIGTERM/SIGINT: checkpoint below, then return; rerun to resume
             if last_saved != self.step:
