@@ -51,3 +51,15 @@ def test_exact_match_uses_the_codegen2_format_and_stops(tiny_tokenizer) -> None:
     wrong = _Scripted(tok.vocab_size, {infill_prompt: mid[:-1] + [tok.eom_id], tuple(pre): mid + tok.encode("0\n")})
     assert infill_exact_match(wrong, tok, [task], torch.device("cpu"))["infill_em"] == 0.0
     assert infill_exact_match(wrong, tok, [task], torch.device("cpu"))["completion_em"] == 0.0
+
+
+def test_arms_on_the_copy_recipe_keep_their_own_mixture_in_proportion() -> None:
+    from unimask.config import load_config
+    from unimask.experiments.codegen2_ablation import CONFIG_DIR, with_copying
+    from unimask.train.config import TrainConfig
+
+    plain = load_config(TrainConfig, CONFIG_DIR / "causal_infill.yaml")
+    assert with_copying(load_config(TrainConfig, CONFIG_DIR / "causal_infill.yaml"), 0.0) == plain
+    cfg = with_copying(load_config(TrainConfig, CONFIG_DIR / "causal_infill.yaml"), 0.4)
+    assert [(o.name, o.weight) for o in cfg.objectives] == [("codegen2", 0.6), ("copy", 0.4)]
+    assert cfg.objectives[0].params == plain.objectives[0].params and cfg.model.overrides["smear"] is True

@@ -29,7 +29,7 @@ from unimask.io import atomic_write_text
 from unimask.objectives import build_objective
 from unimask.tokenizer import Tokenizer
 from unimask.tokenizer.formats import CODEGEN2
-from unimask.train.config import TrainConfig
+from unimask.train.config import ObjectiveSpec, TrainConfig
 from unimask.train.sources import PackedSource
 from unimask.train.trainer import Trainer
 from unimask.train.validation import validation_loss
@@ -111,12 +111,24 @@ def prepare(out: Path, max_docs: int) -> Path:
     return prepare_data(cfg, progress=False)
 
 
+def with_copying(cfg: TrainConfig, weight: float) -> TrainConfig:
+    """The arm on the comparison's base recipe: a share ``weight`` of its windows repeat corpus spans
+    (``copy``, scored on the repeats), the rest its own objectives, and ``smear`` in the model."""
+    if weight <= 0:
+        return cfg
+    specs = [ObjectiveSpec(o.name, o.weight * (1 - weight), o.params) for o in cfg.objectives]
+    copy = ObjectiveSpec("copy", weight, {"repeats": 2, "min_span": 4, "max_span": 24, "lm_weight": 0.0})
+    cfg.objectives = [*specs, copy]
+    cfg.model.overrides = {**cfg.model.overrides, "smear": True}
+    return cfg
+
+
 def run_arm(arm: str, out: Path, data_dir: Path, tokens: int, tasks: list[InfillTask], val_raws: list[Any],
-            seed: int) -> dict[str, Any]:
-    cfg = load_config(TrainConfig, CONFIG_DIR / f"{arm}.yaml", {
+            seed: int, copy_weight: float = 0.0) -> dict[str, Any]:
+    cfg = with_copying(load_config(TrainConfig, CONFIG_DIR / f"{arm}.yaml", {
         "data.dir": str(data_dir), "out_dir": str(out / arm), "token_budget": str(tokens), "seed": str(seed),
         "resume": "false", "progress": "false", "tensorboard": "false",
-    })
+    }), copy_weight)
     trainer = Trainer(cfg)
     t0 = time.perf_counter()
     res = trainer.fit()
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--val-windows", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--copy-weight", type=float, default=0.5,
+                    help="share of every arm's windows that repeat corpus spans, with smear (the compare "
+                         "recipe's copy signal); 0: the arms alone")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data_dir = prepare(args.out, args.max_docs)
@@ -163,7 +178,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         val_raws.append(w)
         if len(val_raws) >= args.val_windows:
             break
-    rows = [run_arm(arm, args.out, data_dir, args.tokens, tasks, val_raws, args.seed) for arm in args.arms]
+    rows = [run_arm(arm, args.out, data_dir, args.tokens, tasks, val_raws, args.seed, args.copy_weight)
+            for arm in args.arms]
     table = markdown_table(rows)
     atomic_write_text(args.out / "results.json", json.dumps(rows, indent=2))
     atomic_write_text(args.out / "results.md", table + "\n")
