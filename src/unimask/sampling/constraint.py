@@ -29,20 +29,27 @@ from torch import Tensor
 class Constraint(Protocol):
     """What a sampler needs from a constraint; states are opaque (None: no valid completion)."""
 
-    def start(self) -> Any: ...
+    def start(self) -> Any:
+        """The state of the empty output."""
 
-    def advance(self, state: Any, token_id: int, tokenizer: Any) -> Any: ...
+    def advance(self, state: Any, token_id: int, tokenizer: Any) -> Any:
+        """The state after ``token_id`` (None once no valid completion is left)."""
 
-    def is_complete(self, state: Any) -> bool: ...
+    def is_complete(self, state: Any) -> bool:
+        """True once the output is a whole sentence of the language."""
 
-    def forced_ids(self, state: Any, tokenizer: Any) -> tuple[list[int], Any]: ...
+    def forced_ids(self, state: Any, tokenizer: Any) -> tuple[list[int], Any]:
+        """The tokens the grammar leaves no choice about, and the state after them."""
 
-    def best_valid(self, state: Any, logits: Tensor, tokenizer: Any, candidates: list[int] | None = None) -> int: ...
+    def best_valid(self, state: Any, logits: Tensor, tokenizer: Any, candidates: list[int] | None = None) -> int:
+        """The highest-logit token that keeps the output valid (greedy AR)."""
 
-    def mask_logits(self, logits: Tensor, states: Sequence[Any], tokenizer: Any) -> Tensor: ...
+    def mask_logits(self, logits: Tensor, states: Sequence[Any], tokenizer: Any) -> Tensor:
+        """``logits`` with every token that would break its row's output set to -inf (sampled AR)."""
 
     def commit_run(self, state: Any, masked: list[bool], start: int, logits: Tensor, tokenizer: Any,
-                   threshold: float | None, mask_id: int) -> tuple[list[tuple[int, int]], Any]: ...
+                   threshold: float | None, mask_id: int) -> tuple[list[tuple[int, int]], Any]:
+        """The (position, token) run a diffusion step commits from ``start``, and the state after it."""
 
 
 class TextConstraint:
