@@ -160,9 +160,9 @@ def run_episodes(
                     log.flush()
                 if bar:
                     bar.advance(bar_id)
-            done = sum(r is not None for r in records)
-            if not bar and done * 10 // len(tasks) > (done - len(batch)) * 10 // len(tasks):  # every tenth
-                em = sum(r["em"] for r in records if r is not None) / done
+            done = lo + len(batch)  # records fill in task order
+            if not bar and done * 10 // len(tasks) > lo * 10 // len(tasks):  # every tenth
+                em = sum(r["em"] for r in records[:done] if r is not None) / done
                 _log.info("%s/%s: %d/%d tasks, EM %.1f%% so far", env.name, backbone.kind, done, len(tasks), 100 * em)
     finally:
         if bar:
