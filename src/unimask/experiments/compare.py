@@ -289,7 +289,8 @@ def _base_stage(cfg: CompareConfig, out: Path, name: str, data_dir: Path, tokeni
     packed = {"kind": "packed", "dir": str(data_dir), "seq_len": cfg.pretrain_seq_len}
     _train(cfg, out, cfg.base_objectives(name), data=packed, steps=cfg.adapt_steps if init_from else cfg.pretrain_steps,
            batch=cfg.pretrain_batch, lr=cfg.adapt_lr if init_from else cfg.pretrain_lr, init_from=init_from,
-           eval_hooks=_induction_hooks(cfg, data_dir, name, tokenizer), evals=4)
+           # adaptation is on the run's critical path and each diffusion-decoded probe costs ~12 s
+           eval_hooks=_induction_hooks(cfg, data_dir, name, tokenizer), evals=2 if init_from else 4)
 
 
 def _induction_stage(cfg: CompareConfig, path: Path, data_dir: Path, bases: dict[str, Path],
