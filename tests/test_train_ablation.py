@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from unimask.experiments.codegen2_ablation import InfillTask, infill_exact_match, make_infill_tasks
+from unimask.config import load_config
+from unimask.experiments.codegen2_ablation import (
+    CONFIG_DIR,
+    InfillTask,
+    infill_exact_match,
+    make_infill_tasks,
+    with_copying,
+)
+from unimask.train.config import TrainConfig
 
 
 def test_infill_tasks_are_whole_lines(tiny_tokenizer) -> None:
@@ -54,10 +62,6 @@ def test_exact_match_uses_the_codegen2_format_and_stops(tiny_tokenizer) -> None:
 
 
 def test_arms_on_the_copy_recipe_keep_their_own_mixture_in_proportion() -> None:
-    from unimask.config import load_config
-    from unimask.experiments.codegen2_ablation import CONFIG_DIR, with_copying
-    from unimask.train.config import TrainConfig
-
     plain = load_config(TrainConfig, CONFIG_DIR / "causal_infill.yaml")
     assert with_copying(load_config(TrainConfig, CONFIG_DIR / "causal_infill.yaml"), 0.0) == plain
     cfg = with_copying(load_config(TrainConfig, CONFIG_DIR / "causal_infill.yaml"), 0.4)

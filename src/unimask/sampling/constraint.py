@@ -18,6 +18,7 @@ while still committing several tokens per step when they are confident.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,7 +53,7 @@ class Constraint(Protocol):
         """The (position, token) run a diffusion step commits from ``start``, and the state after it."""
 
 
-class TextConstraint:
+class TextConstraint(ABC):
     """A ``Constraint`` from a character-level grammar (``start``, ``feed``, ``is_complete``, ``forced``).
 
     ``candidates``: how many top tokens by logit are checked before a full-vocabulary scan.
@@ -63,16 +64,20 @@ class TextConstraint:
         self._pieces: dict[int, dict[int, str]] = {}  # id(tokenizer) -> token id -> text
 
     # ------------------------------------------------------------------ the grammar (subclasses)
+    @abstractmethod
     def start(self) -> Any:
-        raise NotImplementedError
+        """The grammar's state before any text."""
 
+    @abstractmethod
     def feed(self, state: Any, text: str) -> Any:
-        raise NotImplementedError
+        """The state after ``text`` (None once no valid completion is left)."""
 
+    @abstractmethod
     def is_complete(self, state: Any) -> bool:
-        raise NotImplementedError
+        """True once the text fed so far is a whole sentence of the grammar."""
 
     def forced(self, state: Any) -> str:
+        """The text the grammar admits as the only continuation from ``state`` ("" if none)."""
         return ""
 
     # ------------------------------------------------------------------ tokens
