@@ -16,6 +16,7 @@ from unimask.agent import (
     format_action,
     parse_action,
     run_episodes,
+    run_paired_episodes,
     tool_call_schema,
 )
 from unimask.agent.env import exact_match, token_f1
@@ -133,6 +134,36 @@ def test_loop_with_oracle_policy_logs_and_scores(env, tiny_tokenizer, tmp_path):
     assert rec["failures"] == {"schema_violation": 1}
     assert seen_turns == [2, 4, 6, 8]  # each action sees every earlier observation
     assert json.loads(log.read_text())["task_id"] == "t1"
+
+
+class MultiTaskEnv(TinyEnv):
+    def tasks(self, split):
+        return [Task(f"t{i}", f"Where is {d['id']}?", d["id"]) for i, d in enumerate(DOCS * 2)]
+
+
+def test_paired_episodes_interleave_arms_and_match_separate_runs(tmp_path, tiny_tokenizer):
+    env = MultiTaskEnv(tmp_path)
+    calls = []
+
+    def policy(label, answer_right):
+        def act(turns):
+            calls.append((label, turns[1].content))
+            q = turns[1].content.split()[-1].rstrip("?")
+            return format_action("answer", {"text": q if answer_right else "no idea"})
+        return ScriptedPolicy(act, tiny_tokenizer)
+
+    arms = {"A": policy("A", True), "B": policy("B", False)}
+    logs = {"A": tmp_path / "a.jsonl", "B": tmp_path / "b.jsonl"}
+    paired = run_paired_episodes(env, env.tasks("test"), arms, LoopConfig(), logs, progress=False)
+    order = [label for label, _ in calls]
+    assert order == ["A", "B", "B", "A", "A", "B", "B", "A", "A", "B", "B", "A"]  # the order rotates per task
+    for label, backbone in arms.items():
+        alone = run_episodes(env, env.tasks("test"), backbone, LoopConfig(), progress=False)
+        strip = [{k: v for k, v in r.items() if not k.endswith("time") and k != "round_log"} for r in alone]
+        assert [{k: v for k, v in r.items() if not k.endswith("time") and k != "round_log"}
+                for r in paired[label]] == strip
+        assert [json.loads(x)["task_id"] for x in logs[label].read_text().splitlines()] == [r["task_id"] for r in alone]
+    assert [r["em"] for r in paired["A"]] == [1.0] * 6 and [r["em"] for r in paired["B"]] == [0.0] * 6
 
 
 def test_round_cap_and_budget(env, tiny_tokenizer):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from unimask.experiments import compare
-from unimask.experiments.compare import CompareConfig, _train, run_compare
+from unimask.experiments.compare import CompareConfig, _merge_shards, _train, run_compare
 from unimask.experiments.report import paired_speedup, summarize, write_report
 
 MAIN = ("AR", "DLLM", "DLLM unaligned")
@@ -334,3 +334,13 @@ def test_run_compare_from_hugging_face_directories(tmp_path: Path, monkeypatch: 
     meta = read_checkpoint_meta(out / "sft_ar" / "final")
     assert meta["extra"]["backbone"] == "ar" and meta["model"]["attn_bias"] is True  # the Qwen2 weights
     assert (out / "data" / "unimask_special_tokens.json").is_file() or "<|mask|>" in (out / "data" / "tokenizer.json").read_text()
+
+
+def test_merge_shards_restores_task_order(tmp_path: Path) -> None:
+    tasks = [f"t{i}" for i in range(5)]
+    shards = [tmp_path / f"s{k}.jsonl" for k in range(2)]
+    for k, p in enumerate(shards):
+        p.write_text("".join(json.dumps({"task_id": t}) + "\n" for t in tasks[k::2]))
+    _merge_shards(shards, tmp_path / "all.jsonl")
+    assert [json.loads(x)["task_id"] for x in (tmp_path / "all.jsonl").read_text().splitlines()] == tasks
+    assert not any(p.exists() for p in shards)

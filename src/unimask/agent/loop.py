@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -128,48 +128,63 @@ def run_episodes(
     progress: bool = True,
 ) -> list[EpisodeRecord]:
     """Run every task to completion; returns one record per task (in task order)."""
+    logs = {backbone.kind: log_path} if log_path else None
+    return run_paired_episodes(env, tasks, {backbone.kind: backbone}, config, logs, progress)[backbone.kind]
+
+
+def run_paired_episodes(
+    env: Environment,
+    tasks: Sequence[Task],
+    backbones: Mapping[str, Backbone],
+    config: LoopConfig | None = None,
+    log_paths: Mapping[str, str | Path] | None = None,
+    progress: bool = True,
+) -> dict[str, list[EpisodeRecord]]:
+    """Run every task with every backbone, interleaved: each batch of tasks is run by every arm
+    in turn, the order rotating from batch to batch, so that whatever else loads the machine
+    loads every arm alike and their wall times can be compared task by task. Returns, per arm
+    label, one record per task (in task order); an episode's record does not depend on the
+    interleaving."""
     cfg = config or LoopConfig()
     tools = env.tools()
     by_name = {t.name: t for t in tools}
-    constraint = None
-    if cfg.constrained:
-        constraint = ToolCallConstraint(tool_call_schema(tools))
+    constraint = ToolCallConstraint(tool_call_schema(tools)) if cfg.constrained else None
     system = env.system_prompt()
-    records: list[EpisodeRecord | None] = [None] * len(tasks)
-    log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115
+    labels = list(backbones)
+    records: dict[str, list[EpisodeRecord]] = {label: [] for label in labels}
+    logs = {label: open(path, "a", encoding="utf-8") for label, path in (log_paths or {}).items()}  # noqa: SIM115
     bar = None
     if progress:
         bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                        TimeRemainingColumn(), transient=True)
         bar.start()
-        bar_id = bar.add_task(f"{env.name}/{backbone.kind}", total=len(tasks))
+        bar_id = bar.add_task(f"{env.name}/{'+'.join(labels)}", total=len(tasks) * len(labels))
     try:
-        for lo in range(0, len(tasks), cfg.batch_size):
-            batch = [Episode(t, [Turn("system", system), Turn("user", t.question)])
-                     for t in tasks[lo : lo + cfg.batch_size]]
-            while True:
-                live = [e for e in batch if not e.done]
-                if not live:
-                    break
-                _round(live, backbone, by_name, cfg, constraint)
-            for j, e in enumerate(batch):
-                rec = e.record(env)
-                records[lo + j] = rec
-                if log:
-                    log.write(json.dumps(rec, default=str) + "\n")
-                    log.flush()
-                if bar:
-                    bar.advance(bar_id)
-            done = lo + len(batch)  # records fill in task order
+        for b, lo in enumerate(range(0, len(tasks), cfg.batch_size)):
+            for label in labels[b % len(labels):] + labels[: b % len(labels)]:
+                batch = [Episode(t, [Turn("system", system), Turn("user", t.question)])
+                         for t in tasks[lo : lo + cfg.batch_size]]
+                while live := [e for e in batch if not e.done]:
+                    _round(live, backbones[label], by_name, cfg, constraint)
+                for e in batch:
+                    rec = e.record(env)
+                    records[label].append(rec)
+                    if label in logs:
+                        logs[label].write(json.dumps(rec, default=str) + "\n")
+                        logs[label].flush()
+                    if bar:
+                        bar.advance(bar_id)
+            done = min(lo + cfg.batch_size, len(tasks))
             if not bar and done * 10 // len(tasks) > lo * 10 // len(tasks):  # every tenth
-                em = sum(r["em"] for r in records[:done] if r is not None) / done
-                _log.info("%s/%s: %d/%d tasks, EM %.1f%% so far", env.name, backbone.kind, done, len(tasks), 100 * em)
+                ems = ", ".join(f"{label} {100 * sum(r['em'] for r in recs) / done:.1f}%"
+                                for label, recs in records.items())
+                _log.info("%s: %d/%d tasks, EM so far: %s", env.name, done, len(tasks), ems)
     finally:
         if bar:
             bar.stop()
-        if log:
-            log.close()
-    return [r for r in records if r is not None]
+        for f in logs.values():
+            f.close()
+    return records
 
 
 def _round(live: list[Episode], backbone: Backbone, tools: dict[str, Any], cfg: LoopConfig,

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from unimask.agent.loop import LoopConfig, run_episodes
+from unimask.agent.loop import LoopConfig, run_paired_episodes
 from unimask.config import from_dict
 from unimask.data import DataConfig, prepare_data
 from unimask.envs.docqa import (
@@ -344,15 +344,34 @@ def _sft_stage(cfg: CompareConfig, out: Path, run_dir: Path, objectives: list[di
            lr=cfg.sft_lr, init_from=str(init))
 
 
-def _agent_stage(cfg: CompareConfig, out: Path, path: Path, ckpt: Path, decoding: dict[str, Any],
+def _agent_stage(cfg: CompareConfig, out: Path, arms: dict[str, tuple[Path, Path, dict[str, Any]]],
                  tasks: list[Any], loop: LoopConfig) -> None:
-    """One agent on its tasks; the episode log is written whole or not at all."""
+    """Agents (label -> episode log, checkpoint, decoding) on the same tasks, interleaved task by
+    task in this process, so that their wall times are comparable; each log is written whole or
+    not at all."""
     device = None if cfg.device == "auto" else cfg.device
-    backbone = load_backbone(ckpt, device=device, **{"forced_tokens": cfg.forced_tokens, **decoding})
-    tmp = path.with_suffix(".partial")
-    tmp.unlink(missing_ok=True)
-    run_episodes(_environment(cfg, out), tasks, backbone, loop, log_path=tmp, progress=not in_worker())
-    tmp.replace(path)
+    backbones = {label: load_backbone(ckpt, device=device, **{"forced_tokens": cfg.forced_tokens, **decoding})
+                 for label, (_, ckpt, decoding) in arms.items()}
+    tmps = {label: path.with_suffix(".partial") for label, (path, *_) in arms.items()}
+    for tmp in tmps.values():
+        tmp.unlink(missing_ok=True)
+    run_paired_episodes(_environment(cfg, out), tasks, backbones, loop, tmps, progress=not in_worker())
+    for label, (path, *_) in arms.items():
+        tmps[label].replace(path)
+
+
+def _complete(path: Path, n: int) -> bool:
+    """True if the episode log ``path`` holds all ``n`` episodes (a stage to reuse)."""
+    return path.exists() and len(path.read_text().splitlines()) == n
+
+
+def _merge_shards(shards: list[Path], path: Path) -> None:
+    """Episode logs of ``tasks[k::K]`` (k = 0..K-1) back into one log in task order."""
+    parts = [p.read_text().splitlines() for p in shards]
+    lines = [parts[i % len(parts)][i // len(parts)] for i in range(sum(map(len, parts)))]
+    atomic_write_text(path, "".join(x + "\n" for x in lines))
+    for p in shards:
+        p.unlink()
 
 
 def run_compare(cfg: CompareConfig) -> Path:
@@ -432,7 +451,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         needs=("pretrain_ar", "pretrain_dllm"), path=out / "induction.json", data_dir=data_dir, bases=pre,
         tokenizers=arm_tok)
 
-    # agents on the same test tasks; the two main arms start together, so each runs beside the other
+    # agents on the same test tasks
     tasks = _spread(env.tasks("test"), cfg.test_tasks or len(env.tasks("test")))
     loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
                       max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
@@ -461,19 +480,36 @@ def run_compare(cfg: CompareConfig) -> Path:
     ]
     ep_dir = out / "episodes"
     ep_dir.mkdir(exist_ok=True)
-    paths = {}
-    for label, arm, decoding, arm_tasks, lp in runs:
-        paths[label] = path = ep_dir / (label.lower().replace(" ", "_").replace("/", "").replace(".", "") + ".jsonl")
-        if path.exists() and len(path.read_text().splitlines()) == len(arm_tasks):
-            log.info("✓ agent run %s: reusing %s", label, path)
+    paths = {label: ep_dir / (label.lower().replace(" ", "_").replace("/", "").replace(".", "") + ".jsonl")
+             for label, *_ in runs}
+    done = {label for label, _, _, arm_tasks, _ in runs if _complete(paths[label], len(arm_tasks))}
+    for label in sorted(done):
+        log.info("✓ agent run %s: reusing %s", label, paths[label])
+    # The main arms run interleaved task by task, in one shard of the tasks per worker: every arm
+    # then shares the machine with the same load, and the end-to-end speed-up is a fair ratio.
+    main = {label: (arm, decoding) for label, arm, decoding, _, _ in runs if label in ("DLLM", "AR") and label not in done}
+    shards = max(1, cfg.workers) if main else 0
+    shard_paths = {label: [paths[label].with_suffix(f".shard{k}of{shards}.jsonl") for k in range(shards)]
+                   for label in main}
+    for k in range(shards):
+        arms = {label: (shard_paths[label][k], sft[arm], decoding) for label, (arm, decoding) in main.items()}
+        if all(_complete(p, len(tasks[k::shards])) for p, *_ in arms.values()):
+            log.info("✓ agent runs %s, shard %d/%d: reusing", " + ".join(main), k + 1, shards)
             continue
-        needs = (f"sft_{arm}", "sft_DLLM") if label == "AR" else (f"sft_{arm}",)
-        stages.append(Stage(f"agents: {label}", _agent_stage,
-                            {"cfg": cfg, "out": out, "path": path, "ckpt": sft[arm], "decoding": decoding,
-                             "tasks": arm_tasks, "loop": lp},
-                            needs, cfg.eval_threads, f"agent run: {label} on {len(arm_tasks)} test tasks"))
+        stages.append(Stage(f"agents: {' + '.join(main)} ({k + 1}/{shards})", _agent_stage,
+                            {"cfg": cfg, "out": out, "arms": arms, "tasks": tasks[k::shards], "loop": loop},
+                            tuple(f"sft_{arm}" for arm, _ in main.values()), cfg.eval_threads,
+                            f"agent runs, interleaved: {' + '.join(main)} on test tasks {k}::{shards}"))
+    for label, arm, decoding, arm_tasks, lp in runs:
+        if label not in done and label not in main:
+            stages.append(Stage(f"agents: {label}", _agent_stage,
+                                {"cfg": cfg, "out": out, "arms": {label: (paths[label], sft[arm], decoding)},
+                                 "tasks": arm_tasks, "loop": lp},
+                                (f"sft_{arm}",), cfg.eval_threads, f"agent run: {label} on {len(arm_tasks)} test tasks"))
 
     run_stages(stages, cfg.workers, times.set, log)
+    for label, parts in shard_paths.items():
+        _merge_shards(parts, paths[label])
     if stages:
         times.add_wall(time.perf_counter() - started)
     episodes = {label: [json.loads(x) for x in paths[label].read_text().splitlines()] for label, *_ in runs}
