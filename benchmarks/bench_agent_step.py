@@ -95,12 +95,13 @@ class Profile:
 
     def __init__(self) -> None:
         self.t: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.arm = ""
         self.stack: list[list[Any]] = []
         self.undo: list[Callable[[], None]] = []
         self.done: set[tuple[int, str]] = set()
 
-    def wrap(self, owner: Any, name: str, cat: str, absorb: bool = False) -> None:
+    def wrap(self, owner: Any, name: str, cat: str | Callable[..., str], absorb: bool = False) -> None:
         if (id(owner), name) in self.done:
             return
         self.done.add((id(owner), name))
@@ -110,13 +111,14 @@ class Profile:
         def timed(*a: Any, **k: Any) -> Any:
             if any(s[3] for s in self.stack):
                 return fn(*a, **k)
-            self.stack.append([cat, time.perf_counter(), 0.0, absorb])
+            self.stack.append([cat if isinstance(cat, str) else cat(*a, **k), time.perf_counter(), 0.0, absorb])
             try:
                 return fn(*a, **k)
             finally:
                 c, t0, child, _ = self.stack.pop()
                 dt = time.perf_counter() - t0
                 self.t[self.arm][c] += dt - child
+                self.calls[self.arm][c] += 1
                 if self.stack:
                     self.stack[-1][2] += dt
 
@@ -134,8 +136,16 @@ CONSTRAINT_NEW = ("commit_run", "best_valid", "mask_logits", "advance", "forced_
 CONSTRAINT_OLD = ("commit_run", "best_valid", "mask_logits", "advance", "complete", "valid", "start")
 
 
+PROMPT_PASS_TOKENS = 32  # a pass over more new tokens than this carries the (re-encoded) prompt
+
+
+def forward_kind(ids: Tensor, *a: Any, **k: Any) -> str:
+    """Profile category of a forward pass: the one that encodes the prompt, or a decoding pass."""
+    return "forward: prompt pass" if ids.shape[1] > PROMPT_PASS_TOKENS else "forward: decoding passes"
+
+
 def instrument(prof: Profile, arm: str, backbone: Any, constraint: Any, model: Any, tok: Tokenizer) -> None:
-    prof.wrap(model, "forward", "forward pass", absorb=True)
+    prof.wrap(model, "forward", forward_kind, absorb=True)
     for name in CONSTRAINT_OLD if isinstance(constraint, LegacyConstraint) else CONSTRAINT_NEW:
         prof.wrap(constraint, name, "constraint", absorb=True)
     prof.wrap(tok, "decode", "stop checks, detokenise")
@@ -254,6 +264,9 @@ def main() -> None:
         row = {k: 1000 * v / nfe for k, v in prof.t[arm].items()}
         row["Python overhead (loop, tensors, structures)"] = 1000 * (totals[arm] - sum(prof.t[arm].values())) / nfe
         row["total per pass"] = 1000 * totals[arm] / nfe
+        n_decoding = nfe - prof.calls[arm]["forward: prompt pass"]
+        row["decoding pass, forward only (ms each)"] = 1000 * prof.t[arm]["forward: decoding passes"] / max(1, n_decoding)
+        row["prompt pass, forward only (ms each)"] = 1000 * prof.t[arm]["forward: prompt pass"] / max(1, prof.calls[arm]["forward: prompt pass"])
         profiles[arm] = row
     load_end = os.getloadavg()
 
@@ -279,8 +292,9 @@ def main() -> None:
         print(f"| {arm} | {1000 * median(walls[arm]):.0f} ms | {nfe / n:.1f} | {toks / n:.1f} | {toks / nfe:.2f} | "
               f"{1000 * per_pass[arm]:.2f} | {100 * forced / max(1, toks):.0f}% | {100 * same:.0f}% |")
     print("\nPer-pass profile (ms per forward pass, one instrumented round, arms interleaved; the wrappers add a little):\n")
-    cats = ["forward pass", "constraint", "commit bookkeeping", "stop checks, detokenise",
-            "Python overhead (loop, tensors, structures)", "total per pass"]
+    cats = ["forward: prompt pass", "forward: decoding passes", "constraint", "commit bookkeeping", "stop checks, detokenise",
+            "Python overhead (loop, tensors, structures)", "total per pass", "decoding pass, forward only (ms each)",
+            "prompt pass, forward only (ms each)"]
     print("| ms per pass | " + " | ".join(profiles) + " |")
     print("| --- |" + " ---: |" * len(profiles))
     for c in cats:
@@ -294,6 +308,10 @@ def main() -> None:
                           ("fast + forced", "DLLM fast + forced", "AR fast + forced")):
         print(f"- {label}: DLLM per-pass / AR per-step = {per_pass[dl] / per_pass[ar]:.2f}x; "
               f"AR / DLLM wall per action = {ratio(ar, dl)} (>1: DLLM faster)")
+    key = "decoding pass, forward only (ms each)"
+    print(f"- decoding passes alone (forward only, prompt pass excluded): DLLM / AR = "
+          f"{profiles['DLLM fast'][key] / profiles['AR fast'][key]:.2f}x (fast), "
+          f"{profiles['DLLM today'][key] / profiles['AR today'][key]:.2f}x (today)")
     print(f"- speed-up of the fast samplers: AR {ratio('AR today', 'AR fast')}, DLLM {ratio('DLLM today', 'DLLM fast')}"
           f"; with forced tokens AR {ratio('AR today', 'AR fast + forced')}, "
           f"DLLM {ratio('DLLM today', 'DLLM fast + forced')}")

@@ -83,6 +83,16 @@ def test_predecessors_by_hand():
 
 
 @pytest.mark.parametrize("name", sorted(STRUCTURES))
+@pytest.mark.parametrize("q_start", [0, 3])
+def test_predecessors_from_the_callers_mask_match(name, q_start):
+    s = STRUCTURES[name]
+    mask = s.dense_mask(slice(q_start, None))
+    for chunk in (2, 1024):
+        for a, b in zip(s.predecessors(q_start, chunk), s.predecessors(q_start, chunk, mask=mask), strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
 def test_structures_leak_free(any_model, name):
     assert_leak_free(any_model, STRUCTURES[name])
 

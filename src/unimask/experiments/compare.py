@@ -100,7 +100,7 @@ class CompareConfig:
     # next-token loss on the clean actions of the aligned DLLM's layout (agent_sft_diffusion ar_weight)
     # (2.0 over 1.0: 37.5% vs 33.8% EM on an 80-task probe, within its noise; docs/compare.md)
     sft_ar_weight: float = 2.0
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = 2e-3  # 1e-3 left the induction phase unfinished at 900 steps (copy acc 33% vs 65%)
     ablation_sft_steps: int = 300  # 0 = same as sft_steps
     # evaluation
     test_tasks: int = 0  # 0 = the whole test split

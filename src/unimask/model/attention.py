@@ -107,7 +107,7 @@ class AttentionStructure:
             self.noisy[:, None, :],
         ).unsqueeze(1)
 
-    def predecessors(self, q_start: int = 0, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    def predecessors(self, q_start: int = 0, chunk: int = 1024, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Index and existence ``[B, Lq]`` of each query's predecessor, for queries ``q_start:``.
 
         The predecessor of query q is the key one RoPE position earlier that q may attend to;
@@ -115,12 +115,14 @@ class AttentionStructure:
         previous token of a causal sequence, stops at document starts and padding, and inside a
         noised block (block diffusion, aligned agent actions) it is the previous noised token,
         or at the block's first position the clean token before it. Queries are processed in
-        chunks so the ``[B, chunk, L]`` scratch stays small for long sequences.
+        chunks so the ``[B, chunk, L]`` scratch stays small for long sequences. ``mask``, if given,
+        is ``dense_mask(slice(q_start, None))`` as the caller already built it for attention.
         """
         index, found = [], []
         for lo in range(q_start, self.seq_len, chunk):
             q = slice(lo, min(lo + chunk, self.seq_len))
-            candidate = self.dense_mask(q).squeeze(1) & (
+            allowed_keys = self.dense_mask(q) if mask is None else mask[:, :, lo - q_start : q.stop - q_start]
+            candidate = allowed_keys.squeeze(1) & (
                 self.position_ids[:, None, :] == self.position_ids[:, q, None] - 1
             )
             same_kind = candidate & (self.noisy[:, None, :] == self.noisy[:, q, None])

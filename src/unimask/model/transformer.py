@@ -250,13 +250,13 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ smear
     def _smear(self, x: Tensor, input_ids: Tensor, structure: AttentionStructure | None,
-               cache: KVCache | None, start: int) -> Tensor:
+               cache: KVCache | None, start: int, mask: Tensor | None) -> Tensor:
         """Add the gated embedding of each new token's predecessor (see the module docstring)."""
         if structure is None:  # plain causal, no cache: the predecessor is the previous index
             prev = F.pad(x[:, :-1], (0, 0, 1, 0))
         else:
             ids = input_ids if cache is None or start == 0 else torch.cat([cache.ids[:, :start], input_ids], 1)
-            index, found = structure.predecessors(start)
+            index, found = structure.predecessors(start, mask=mask)
             prev = self.embed(torch.gather(ids, 1, index)) * found.unsqueeze(-1).to(x.dtype)
         return x + torch.sigmoid(self.smear_gate(x)) * self.smear_proj(prev)
 
@@ -298,8 +298,6 @@ class Transformer(nn.Module):
         start = kv_cache.length if kv_cache is not None else 0
         structure = self._structure(B, T, attention, kv_cache, device)
         x = self.embed(input_ids)
-        if self.smear_gate is not None:
-            x = self._smear(x, input_ids, structure, kv_cache, start)
         if structure is None:
             if T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -318,6 +316,8 @@ class Transformer(nn.Module):
                 block_mask = build_block_mask(structure, q_len=T, q_offset=start)
             else:
                 mask = structure.dense_mask(slice(start, start + T))
+        if self.smear_gate is not None:
+            x = self._smear(x, input_ids, structure, kv_cache, start, mask)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, self.cfg.rope_scaling)
         for i, layer in enumerate(self.layers):
             if self.activation_checkpointing and self.training:
