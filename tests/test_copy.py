@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from unimask.evals.induction import ar_induction, decoded_induction
+from unimask.evals.induction import ar_induction, decoded_induction, quoted_induction
 from unimask.objectives import IGNORE, build_objective
-from unimask.objectives.copy import draw_copies, draw_copy
+from unimask.objectives.copy import Marks, draw_copies, draw_copy
 from unimask.sampling.backbone import Generation
 
 
@@ -52,10 +52,10 @@ def test_copy_scores_the_repeat_after_its_first_token() -> None:
     obj = build_objective("copy", None, min_span=4, max_span=12, repeats=3, lm_weight=0.0)
     w = window(120)
     ex = obj(w, np.random.default_rng(1))
-    _, _, spans = draw_copies(w, np.random.default_rng(1), 4, 12, 3)
-    assert len(spans) == 3
+    _, _, _, spans = draw_copies(w, np.random.default_rng(1), 4, 12, 3)
+    assert len(spans) == 3 and not any(r.marked for r in spans)
     scored = set((ex.labels != IGNORE).nonzero().flatten().tolist())
-    expect = {i for r in spans for i in range(r.start, r.stop - 1)}
+    expect = {i for r in spans for i in range(r.start, r.end - 1)}
     assert scored == expect
     for i in expect:
         assert ex.labels[i] == ex.input_ids[i + 1]
@@ -72,15 +72,15 @@ def test_copy_diffusion_noises_the_repeat_behind_a_clean_anchor(tiny_tokenizer) 
     obj = build_objective("copy_diffusion", tok, min_span=6, max_span=12, block_size=4, anchor=1)
     w = window(64, docs=1)
     ex = obj(w, np.random.default_rng(0))
-    _, _, (r,) = draw_copies(w, np.random.default_rng(0), 6, 12, 1)
+    _, _, _, (r,) = draw_copies(w, np.random.default_rng(0), 6, 12, 1)
     L = len(w.tokens)
     noisy = ex.noisy.nonzero().flatten()
-    assert len(noisy) == r.stop - r.start - 1  # every repeat token but the anchor, once
-    assert ex.position_ids[noisy].tolist() == list(range(r.start + 1, r.stop))
-    assert set(ex.block_ids[noisy].tolist()) == set(range(r.start + 1, r.stop, 4))  # blocks start after it
+    assert len(noisy) == r.end - r.start - 1  # every repeat token but the anchor, once
+    assert ex.position_ids[noisy].tolist() == list(range(r.start + 1, r.end))
+    assert set(ex.block_ids[noisy].tolist()) == set(range(r.start + 1, r.end, 4))  # blocks start after it
     targets = ex.labels[L:]
     masked = ex.input_ids[L:] == tok.mask_id
-    assert torch.equal(targets[masked], ex.input_ids[r.start + 1 : r.stop][masked])
+    assert torch.equal(targets[masked], ex.input_ids[r.start + 1 : r.end][masked])
     assert (targets[~masked] == IGNORE).all()
     assert len(ex) <= obj.max_length(L)
 
@@ -170,3 +170,88 @@ def test_name_swap_replaces_the_task_names_everywhere_consistently() -> None:
         "text": fake_mod}
     assert record["answer"] == "abc" and out["task_id"] == "docqa-1-swap"  # the original is untouched
     assert "_" in _made_up("run_docstring_examples", pool, np.random.default_rng(1))
+
+
+MARKS = Marks(open=[1], close=[2], cue=[3, 4], end=[5])  # window tokens are >= 10: markers stand out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_marked_copy_quotes_the_source_and_the_repeat(seed: int) -> None:
+    w = window(seed=seed)
+    lay = draw_copy(w.tokens, w.doc_ids, np.random.default_rng(seed), 4, 16, MARKS)
+    assert lay.marked and lay.first_known == lay.start and len(lay.tokens) == len(w.tokens)
+    span = lay.tokens[lay.source : lay.source + lay.length]
+    t = lay.tokens.tolist()
+    assert t[lay.source - 1] == 1 and t[lay.source + lay.length] == 2  # `span`
+    assert t[lay.start - 2 : lay.start] == [3, 4] and t[lay.start + lay.length] == 5 == t[lay.end - 1]  # "span"
+    assert torch.equal(lay.tokens[lay.repeat], span)
+    # the window's own tokens, in order, are everything not written in
+    assert torch.equal(lay.tokens[~lay.inserted], w.tokens[: int((~lay.inserted).sum())])
+    assert int(lay.inserted.sum()) == lay.length + len(MARKS)
+
+
+def test_marked_copy_scores_the_first_token_and_the_closing_mark() -> None:
+    """Quoted, the repeat's start is known: its first token and closing quote are targets, the
+    markers never are LM targets (they are noise for the LM)."""
+    class Tok:
+        def encode(self, text: str) -> list[int]:
+            return {"`": [1], ' "': [3, 4], '"': [5]}[text]
+
+    w = window(120)
+    obj = build_objective("copy", Tok(), min_span=4, max_span=12, repeats=3, lm_weight=0.5, marked=1.0)
+    ex = obj(w, np.random.default_rng(1))
+    _, _, inserted, reps = draw_copies(w, np.random.default_rng(1), 4, 12, 3, Marks([1], [1], [3, 4], [5]), 1.0)
+    assert all(r.marked for r in reps)
+    for r in reps:
+        assert ex.labels[r.start - 1] == ex.input_ids[r.start]  # the cue predicts the first copied token
+        assert ex.labels[r.end - 2] == 5  # the last copied token predicts the closing quote
+    copy_targets = {i for r in reps for i in range(r.start - 1, r.end - 1)}
+    for i in range(len(inserted) - 1):
+        if inserted[i + 1] and i not in copy_targets:
+            assert ex.labels[i] == IGNORE  # a marker is never an LM target
+    assert ex.loss_weights.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_objective("copy", None, marked=0.5)
+
+
+def test_marked_copy_diffusion_noises_from_the_first_token(tiny_tokenizer) -> None:
+    obj = build_objective("copy_diffusion", tiny_tokenizer, min_span=6, max_span=12, block_size=4, anchor=1, marked=1.0)
+    w = window(96, docs=1)
+    ex = obj(w, np.random.default_rng(0))
+    _, _, _, (r,) = draw_copies(w, np.random.default_rng(0), 6, 12, 1, obj.marks, 1.0)
+    noisy = ex.noisy.nonzero().flatten()
+    assert r.marked and ex.position_ids[noisy].tolist() == list(range(r.start, r.end))  # no clean anchor
+    assert len(ex) <= obj.max_length(len(w.tokens))
+
+
+class QuoteOracle(torch.nn.Module):
+    """Copies quoted spans: after the cue (3, 4) it predicts the token after the latest opening
+    backtick (1), then keeps copying the source, then the closing quote (5). Uniform elsewhere."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids: torch.Tensor, attention=None) -> torch.Tensor:
+        out = torch.zeros(*ids.shape, self.vocab)
+        for b, row in enumerate(ids.tolist()):
+            src = None
+            for i in range(1, len(row)):
+                if row[i - 1 : i + 1] == [3, 4]:
+                    src = max(j for j in range(i) if row[j] == 1) + 1
+                if src is not None:
+                    nxt = row[src]
+                    out[b, i, 5 if nxt == 2 else nxt] = 20.0
+                    src = None if nxt == 2 else src + 1
+        return out
+
+
+def test_quoted_induction_scores_finding_the_start_of_the_copy() -> None:
+    g = torch.Generator().manual_seed(0)
+    probes = [draw_copy(torch.randperm(400, generator=g)[:80] + 10, torch.zeros(80, dtype=torch.long),
+                        np.random.default_rng(s), 6, 16, MARKS) for s in range(8)]
+    good = quoted_induction(QuoteOracle(512), probes, batch_size=3)
+    assert good == {"first_acc": 1.0, "copy_acc": 1.0}
+    # a perfect induction head never finds the start: the cue has no earlier occurrence to follow
+    assert quoted_induction(InductionOracle(512), probes)["first_acc"] == 0.0

@@ -50,6 +50,7 @@ from unimask.io import atomic_dir, atomic_write_text
 from unimask.model import load_checkpoint, read_checkpoint_meta
 from unimask.model.convert import ensure_checkpoint
 from unimask.objectives import build_objective, max_input_length
+from unimask.objectives.copy import Marks
 from unimask.presets import model_preset
 from unimask.sampling import load_backbone
 from unimask.tokenizer import Tokenizer
@@ -79,6 +80,9 @@ class CompareConfig:
     copy_weight: float = 0.8  # share of AR pre-training examples that repeat corpus spans
     adapt_copy_weight: float = 0.3  # the same share during AR-to-diffusion adaptation
     copy_repeats: int = 4  # repeated spans per copy example (one per equal chunk of the window)
+    # share of repeats quoted (`span` ... "span"): the copy's first token is scored, as a tool call
+    # must find where a name starts (objectives/copy.py)
+    copy_marked: float = 0.5
     dllm_from_ar: bool = True  # the DLLM is the AR base adapted to diffusion (False: its own pre-training)
     adapt_steps: int = 200  # AR-to-diffusion adaptation steps (dllm_from_ar)
     adapt_lr: float = 3e-4  # gentle: 1e-3 erased the base's induction (loss drop 0.27 -> 0.04)
@@ -130,7 +134,7 @@ class CompareConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.test_tasks < 0 or self.settings_tasks < 0:
             raise ValueError("test_tasks (0 = whole split) and settings_tasks must be >= 0")
-        for name in ("copy_weight", "adapt_copy_weight"):
+        for name in ("copy_weight", "adapt_copy_weight", "copy_marked"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -145,7 +149,8 @@ class CompareConfig:
     def base_objectives(self, paradigm: str) -> list[dict[str, Any]]:
         """The pre-training (``"ar"``) or adaptation (``"dllm"``) mixture: LM plus repeated spans."""
         chunk = self.pretrain_seq_len // self.copy_repeats
-        copy = {"repeats": self.copy_repeats, "min_span": 4, "max_span": max(4, min(24, (chunk - 1) // 2))}
+        copy = {"repeats": self.copy_repeats, "min_span": 4, "max_span": max(4, min(24, (chunk - 8) // 2)),
+                "marked": self.copy_marked}
         if paradigm == "ar":  # LM comes from the causal examples; copy examples score the copies alone
             lm, rep = {"name": "causal"}, {"name": "copy", "params": {**copy, "lm_weight": 0.0}}
         else:
@@ -280,8 +285,11 @@ def _check_same_text_ids(tokenizers: dict[str, Any], text: str = "def f(x):\n   
 def _induction_hooks(cfg: CompareConfig, data_dir: Path, paradigm: str, tokenizer: Path) -> list[EvalHook]:
     """The induction metric of a base: held-out repeated spans, decoded as its agent will decode."""
     probes = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes, seed=cfg.seed + 1234)
+    tok = Tokenizer.load(tokenizer)
+    quoted = copy_probes(data_dir, cfg.pretrain_seq_len, n=cfg.induction_probes // 2, seed=cfg.seed + 4321,
+                         marks=Marks.from_tokenizer(tok))
     decoding = {"block_length": cfg.block_size, "threshold": cfg.threshold, "shift": cfg.dllm_shift}
-    return [induction_hook(probes, decoding if paradigm == "dllm" else None, Tokenizer.load(tokenizer))]
+    return [induction_hook(probes, decoding if paradigm == "dllm" else None, tok, quoted)]
 
 
 def _base_stage(cfg: CompareConfig, out: Path, name: str, data_dir: Path, tokenizer: Path, init_from: str) -> None:

@@ -222,7 +222,9 @@ def _bases_section(bases: Mapping[str, Any]) -> list[str]:
                   for m in keys]
         lines += ["", "`ar_*`: teacher-forced next-token copy of held-out repeated spans (tokens 2..n) and the loss "
                   "on those tokens at their first and second occurrence; `diffusion_*`: the repeat after its first "
-                  "token masked and decoded with the agent's block-diffusion settings.", ""]
+                  "token masked and decoded with the agent's block-diffusion settings; `*quoted_*`: repeats of a "
+                  "span quoted in backticks, written in double quotes as a tool call copies a name, scored and "
+                  "decoded from the opening quote (`first_acc`: the copy's first token).", ""]
     return lines
 
 

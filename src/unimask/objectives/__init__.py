@@ -74,7 +74,7 @@ _REGISTRY: dict[str, Callable[..., Objective]] = {
     "codegen2_infill": lambda tok, **p: CodeGen2Infill(tok, **p),
     "codegen2": _codegen2,
     "fim": lambda tok, **p: FIM(tok, **p),
-    "copy": lambda tok, **p: CopySpans(**p),
+    "copy": lambda tok, **p: CopySpans(tok, **p),
     "copy_diffusion": lambda tok, **p: CopySpansDiffusion(tok, **p),
     "masked_diffusion": lambda tok, **p: MaskedDiffusion(tok, **p),
     "block_diffusion": lambda tok, **p: BlockDiffusion(tok, **p),
