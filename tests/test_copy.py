@@ -255,3 +255,21 @@ def test_quoted_induction_scores_finding_the_start_of_the_copy() -> None:
     assert good == {"first_acc": 1.0, "copy_acc": 1.0}
     # a perfect induction head never finds the start: the cue has no earlier occurrence to follow
     assert quoted_induction(InductionOracle(512), probes)["first_acc"] == 0.0
+
+
+def test_shuffle_hits_permutes_search_results_only() -> None:
+    from unimask.envs.docqa import shuffle_hits
+
+    hits = "\n".join(f"m{i}.X{i}: (class in `m{i}`) doc {i}" for i in range(6))
+    record = {"turns": [
+        {"role": "user", "content": "Which module defines `X3`?"},
+        {"role": "assistant", "content": '<tool_call>{"name": "search", "arguments": {"query": "X3"}}</tool_call>'},
+        {"role": "tool", "content": hits},
+        {"role": "assistant", "content": '<tool_call>{"name": "open", "arguments": {"doc_id": "m3.X3"}}</tool_call>'},
+        {"role": "tool", "content": "line a\nline b\nline c"},
+    ]}
+    orders = {shuffle_hits(record, np.random.default_rng(s))["turns"][2]["content"] for s in range(10)}
+    assert len(orders) > 5 and all(sorted(o.split("\n")) == sorted(hits.split("\n")) for o in orders)
+    out = shuffle_hits(record, np.random.default_rng(0))
+    assert out["turns"][4] == record["turns"][4] and out["turns"][:2] == record["turns"][:2]  # only search hits move
+    assert record["turns"][2]["content"] == hits  # the original is untouched

@@ -40,6 +40,7 @@ from unimask.envs.docqa import (
     DocQAEnvironment,
     name_pieces,
     oracle_trajectories,
+    shuffle_hits,
     swap_names,
     trivial_baseline,
 )
@@ -97,6 +98,7 @@ class CompareConfig:
     recovery_rate: float = 0.1
     train_trajectories: int = 2000
     name_swaps: int = 1  # made-up-name copies of every train trajectory
+    shuffle_hits: bool = True  # ... with their search results in a drawn order (match the name, not the line)
     sft_steps: int = 500
     sft_batch: int = 8
     sft_lr: float = 2e-3
@@ -327,7 +329,8 @@ def _trajectory_stage(cfg: CompareConfig, out: Path, data_dir: Path) -> None:
         good = [r for r in recs if r["em"] == 1.0]
         log.info("%s: %d/%d oracle episodes correct", split, len(good), len(recs))
         if split == "train":
-            good += [swap_names(r, pool, rng) for _ in range(cfg.name_swaps) for r in good]
+            swapped = [swap_names(r, pool, rng) for _ in range(cfg.name_swaps) for r in good]
+            good += [shuffle_hits(r, rng) for r in swapped] if cfg.shuffle_hits else swapped
         atomic_write_text(traj_dir / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in good))
 
 

@@ -25,6 +25,7 @@ from unimask.envs.docqa.baselines import breakdown, trivial_baseline
 from unimask.envs.docqa.dataset import (
     build_dataset,
     name_pieces,
+    shuffle_hits,
     swap_names,
     to_training_record,
     write_trajectories,
@@ -41,6 +42,6 @@ from unimask.envs.docqa.oracle import ByteTokenizer, oracle_action, oracle_traje
 
 __all__ = [
     "DIFFICULTY", "HOPS", "INSTRUCTIONS", "TASK_TYPES", "ByteTokenizer", "DocQAConfig", "DocQAEnvironment",
-    "breakdown", "build_dataset", "name_pieces", "oracle_action", "oracle_trajectories", "swap_names",
+    "breakdown", "build_dataset", "name_pieces", "oracle_action", "oracle_trajectories", "shuffle_hits", "swap_names",
     "to_training_record", "trivial_baseline", "write_trajectories",
 ]

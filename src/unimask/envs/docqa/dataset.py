@@ -77,6 +77,22 @@ def swap_names(record: dict[str, Any], pool: Sequence[str], rng: np.random.Gener
     return out
 
 
+def shuffle_hits(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """The same episode with the lines of every search result in a drawn order.
+
+    The oracle reads its next action from the line that matches the name, wherever it is, so the
+    episode stays correct; an agent fine-tuned on such copies must find that line by matching the
+    name, not by its place (BM25 usually ranks it first, and a copier's bias is the latest line).
+    """
+    out = json.loads(json.dumps(record))
+    turns = out["turns"]
+    for prev, t in zip(turns, turns[1:], strict=False):
+        lines = t["content"].split("\n")
+        if t["role"] == "tool" and prev["role"] == "assistant" and '"search"' in prev["content"] and len(lines) > 1:
+            t["content"] = "\n".join(lines[i] for i in rng.permutation(len(lines)))
+    return out
+
+
 def write_trajectories(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     """Write the oracle's episodes as JSONL (atomically); returns the path."""
     lines = [json.dumps(to_training_record(r), ensure_ascii=False) for r in records]
