@@ -172,6 +172,11 @@ def test_cli_commands(corpus, tmp_path, tiny_tokenizer):
     for name in ("codegen2_infill", "agent_sft_diffusion"):
         r = runner.invoke(app, ["data", "preview", "--objective", name])
         assert r.exit_code == 0 and "scored" in r.output, r.output
+    r = runner.invoke(app, ["data", "preview", "--objective", "copy", "--seq-len", "64", "--param", "marked=1",
+                            "--param", "repeats=1", "--param", "max_span=8"])
+    assert r.exit_code == 0 and "`" in r.output and ' "' in r.output, r.output  # the quoted source and repeat
+    r = runner.invoke(app, ["data", "preview", "--objective", "copy", "--param", "marked"])
+    assert r.exit_code != 0 and "KEY=VALUE" in r.output
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "ckpt", Transformer(model_preset("tiny")), tiny_tokenizer, {"backbone": "ar"})
     r = runner.invoke(app, ["generate", str(ckpt), "--prompt", "def f(", "--max-new-tokens", "5"])

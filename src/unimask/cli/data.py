@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+import yaml
 from rich.table import Table
 
 from unimask.cli.common import OVERRIDES, config_and_overrides, console, friendly_errors
@@ -52,7 +53,15 @@ def preview(
     data: Path = typer.Option(None, help="a prepared data dir (default: a built-in stdlib snippet)"),
     seq_len: int = typer.Option(48),
     seed: int = typer.Option(0),
+    param: list[str] = typer.Option([], help="an objective parameter as KEY=VALUE (YAML value), repeatable: "
+                                             "--param marked=1 --param repeats=2"),
 ) -> None:
     """Show one training example: what the model sees, what it attends to, what is scored."""
     with friendly_errors():
-        render_preview(objective, data, seq_len, seed)
+        params = {}
+        for kv in param:
+            key, sep, value = kv.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--param takes KEY=VALUE, got {kv!r}")
+            params[key] = yaml.safe_load(value)
+        render_preview(objective, data, seq_len, seed, params=params)

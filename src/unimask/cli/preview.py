@@ -10,6 +10,7 @@ import inspect
 import json
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,8 @@ def _snippet_trajectory(tok):
     ], tok)
 
 
-def render_preview(name: str, data: Path | None, seq_len: int, seed: int, console: Console | None = None) -> None:
+def render_preview(name: str, data: Path | None, seq_len: int, seed: int, console: Console | None = None,
+                   params: dict[str, Any] | None = None) -> None:
     console = console or Console()
     rng = np.random.default_rng(seed)
     if data is not None:
@@ -56,9 +58,9 @@ def render_preview(name: str, data: Path | None, seq_len: int, seed: int, consol
         files = sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
         tok = train_tokenizer([f.read_text() for f in files], vocab_size=600)
         raw = _snippet_window(tok, seq_len)
-    objective = build_objective(name, tok)
-    if hasattr(objective, "block_size"):  # short blocks, so that a short preview shows several
-        objective = build_objective(name, tok, block_size=8)
+    objective = build_objective(name, tok, **(params or {}))
+    if hasattr(objective, "block_size") and "block_size" not in (params or {}):  # short blocks: a short preview shows several
+        objective = build_objective(name, tok, **{**(params or {}), "block_size": 8})
     if objective.reads == "trajectory":
         raw = _snippet_trajectory(tok)
     ex = objective(raw, rng)
