@@ -33,6 +33,7 @@ from unimask.model.convert import (
     state_from_hf,
 )
 from unimask.tokenizer import special as sp
+from unimask.tokenizer.chat import Turn, render_text, render_turns
 
 NATIVE = ["llama", "mistral", "qwen2", "qwen3"]
 TOL = 1e-4
@@ -113,6 +114,10 @@ def test_a_tokenizer_that_adds_bos_keeps_it_through_import_export_and_generation
     assert json.loads((out / "config.json").read_text())["bos_token_id"] == bos
     _, tok2, _ = load_checkpoint(import_hf_dir(out, tmp_path / "ckpt2"))
     assert tok2.encode_prompt(prompt) == ref_ids
+    # agent SFT is rendered as the agent's prompts are: the BOS first, then the same ids
+    turns = [Turn("user", "Which module defines `AST`?"), Turn("assistant", "<think>x</think>")]
+    rendered = render_turns(turns, tok).token_ids
+    assert rendered[0] == bos and rendered == tok.encode_prompt(render_text(turns))
 
 
 def test_tokenizers_without_bos_prompt_as_before(tmp_path: Path, tiny_tokenizer) -> None:
@@ -120,6 +125,8 @@ def test_tokenizers_without_bos_prompt_as_before(tmp_path: Path, tiny_tokenizer)
     _, tok, _ = load_checkpoint(import_hf_dir(build_native("qwen2", tmp_path / "hf"), tmp_path / "ckpt"))
     for t in (tok, tiny_tokenizer):
         assert t.bos_id is None and t.encode_prompt("def f(x):") == t.encode("def f(x):")
+        turns = [Turn("user", "Which module defines `AST`?")]
+        assert render_turns(turns, t).token_ids == t.encode(render_text(turns))
     out = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
     assert json.loads((out / "config.json").read_text()).get("bos_token_id") is None
 

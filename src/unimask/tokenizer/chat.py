@@ -66,8 +66,15 @@ class TurnSequence:
 
 
 def render_turns(turns: Sequence[Turn], tokenizer: Tokenizer, add_generation_prompt: bool = False) -> TurnSequence:
-    """Render turns to ids. Turn index ``k`` covers turn k's marker, content and end token."""
+    """Render turns to ids. Turn index ``k`` covers turn k's marker, content and end token.
+
+    The ids start with the tokenizer's own prompt prefix (Llama's and Mistral's BOS; nothing for
+    unimask's, Qwen's or Dream's), as a generation prompt does (``Tokenizer.encode_prompt``), so a
+    model is fine-tuned on the sequences it will be prompted with; it belongs to the first turn.
+    """
     seq = TurnSequence()
+    if turns and tokenizer.prompt_prefix_ids:
+        seq.extend(tokenizer.prompt_prefix_ids, 0, False)
     for k, turn in enumerate(turns):
         marker = tokenizer.token_to_id(ROLE_MARKERS[turn.role])
         content = tokenizer.encode(turn.content) + [tokenizer.end_of_turn_id]
