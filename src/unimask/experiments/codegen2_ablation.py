@@ -113,11 +113,13 @@ def prepare(out: Path, max_docs: int) -> Path:
 
 def with_copying(cfg: TrainConfig, weight: float) -> TrainConfig:
     """The arm on the comparison's base recipe: a share ``weight`` of its windows repeat corpus spans
-    (``copy``, scored on the repeats), the rest its own objectives, and ``smear`` in the model."""
+    (``copy``, scored on the repeats, half of them quoted as the comparison's are), the rest its own
+    objectives, and ``smear`` in the model."""
     if weight <= 0:
         return cfg
     specs = [ObjectiveSpec(o.name, o.weight * (1 - weight), o.params) for o in cfg.objectives]
-    copy = ObjectiveSpec("copy", weight, {"repeats": 2, "min_span": 4, "max_span": 24, "lm_weight": 0.0})
+    copy = ObjectiveSpec("copy", weight, {"repeats": 2, "min_span": 4, "max_span": 24, "lm_weight": 0.0,
+                                          "marked": 0.5})
     cfg.objectives = [*specs, copy]
     cfg.model.overrides = {**cfg.model.overrides, "smear": True}
     return cfg
