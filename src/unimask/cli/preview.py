@@ -49,7 +49,7 @@ def _snippet_trajectory(tok):
 
 def render_preview(name: str, data: Path | None, seq_len: int, seed: int, console: Console | None = None,
                    params: dict[str, Any] | None = None) -> None:
-    console = console or Console()
+    console, params = console or Console(), params or {}
     rng = np.random.default_rng(seed)
     if data is not None:
         tok = Tokenizer.load(data)
@@ -58,9 +58,9 @@ def render_preview(name: str, data: Path | None, seq_len: int, seed: int, consol
         files = sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
         tok = train_tokenizer([f.read_text() for f in files], vocab_size=600)
         raw = _snippet_window(tok, seq_len)
-    objective = build_objective(name, tok, **(params or {}))
-    if hasattr(objective, "block_size") and "block_size" not in (params or {}):  # short blocks: a short preview shows several
-        objective = build_objective(name, tok, **{**(params or {}), "block_size": 8})
+    objective = build_objective(name, tok, **params)
+    if hasattr(objective, "block_size") and "block_size" not in params:  # short blocks: a short preview shows several
+        objective = build_objective(name, tok, **params, block_size=8)
     if objective.reads == "trajectory":
         raw = _snippet_trajectory(tok)
     ex = objective(raw, rng)

@@ -43,6 +43,22 @@ from unimask.objectives.diffusion import draw_block_noise, noisy_copy_layout, no
 from unimask.objectives.example import IGNORE, TrainingExample
 
 
+class Repeat(NamedTuple):
+    """Where one repeat sits in a copy example: ``[start, end)`` holds it (and its closing marker)."""
+
+    start: int
+    end: int
+    marked: bool
+
+    @property
+    def first_known(self) -> int:
+        """The first token of the repeat that its context determines (the first one only if marked)."""
+        return self.start if self.marked else self.start + 1
+
+    def shifted(self, offset: int) -> Repeat:
+        return Repeat(self.start + offset, self.end + offset, self.marked)
+
+
 @dataclass(frozen=True)
 class CopyLayout:
     """One repeated span: the sequence and where the source and the repeat sit in it."""
@@ -53,21 +69,20 @@ class CopyLayout:
     start: int  # start of the repeat
     length: int  # n
     inserted: Tensor  # bool [L]: tokens the layout wrote in (the repeat, and markers if marked)
-    end: int = -1  # end of the scored run (the repeat and, if marked, its closing marker)
-    marked: bool = False  # the source and repeat are quoted: the first token is known
-
-    def __post_init__(self) -> None:
-        if self.end < 0:
-            object.__setattr__(self, "end", self.start + self.length)
+    end: int  # end of the scored run (the repeat and, if marked, its closing marker)
+    marked: bool  # the source and repeat are quoted: the first token is known
 
     @property
     def repeat(self) -> slice:
         return slice(self.start, self.start + self.length)
 
     @property
+    def run(self) -> Repeat:
+        return Repeat(self.start, self.end, self.marked)
+
+    @property
     def first_known(self) -> int:
-        """The first token of the repeat that its context determines (the first one only if marked)."""
-        return self.start if self.marked else self.start + 1
+        return self.run.first_known
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,7 @@ def draw_copy(tokens: Tensor, doc_ids: Tensor, rng: np.random.Generator, min_spa
     # an inserted token belongs to the document of the window token before it (at 0: the one after)
     seg = doc[(torch.cumsum(~inserted, 0) - 1).clamp_min(0)]
     if marks is None:
-        return CopyLayout(out, seg, s, p, n, inserted)
+        return CopyLayout(out, seg, s, p, n, inserted, p + n, False)
     start = p + len(marks.open) + len(marks.close) + len(marks.cue)
     return CopyLayout(out, seg, s + len(marks.open), start, n, inserted, start + n + len(marks.end), True)
 
@@ -127,18 +142,6 @@ def _check_spans(min_span: int, max_span: int, repeats: int) -> None:
         raise ValueError(f"copy spans need 2 <= min_span <= max_span, got {min_span}, {max_span}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-
-
-class Repeat(NamedTuple):
-    """Where one repeat sits in a copy example: ``[start, end)`` holds it (and its closing marker)."""
-
-    start: int
-    end: int
-    marked: bool
-
-    @property
-    def first_known(self) -> int:
-        return self.start if self.marked else self.start + 1
 
 
 def draw_copies(raw: Window, rng: np.random.Generator, min_span: int, max_span: int, repeats: int,
@@ -161,7 +164,7 @@ def draw_copies(raw: Window, rng: np.random.Generator, min_span: int, max_span: 
             continue
         quote = marked > 0 and bool(rng.random() < marked)  # no draw at 0: unmarked runs stay as they were
         lay = draw_copy(tokens[lo:hi], doc[lo:hi], rng, min_span, max_span, marks if quote else None)
-        reps.append(Repeat(int(lo) + lay.start, int(lo) + lay.end, lay.marked))
+        reps.append(lay.run.shifted(int(lo)))
         parts.append(lay.tokens)
         segs.append(lay.segments)
         ins.append(lay.inserted)
