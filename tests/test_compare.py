@@ -289,13 +289,13 @@ def test_training_without_a_checkpoint_is_an_error(tmp_path: Path, monkeypatch: 
 
 
 def test_test_tasks_are_spread_over_the_split_not_a_prefix() -> None:
-    from unimask.experiments.compare import _spread
+    from unimask.experiments.compare import spread
 
     ordered = ["module"] * 254 + ["default"] * 99  # the test split is ordered by question type
-    picked = _spread(list(enumerate(ordered)), 60)
+    picked = spread(list(enumerate(ordered)), 60)
     assert len({i for i, _ in picked}) == 60 and picked[0][0] == 0 and picked[-1][0] == 352
     assert sum(kind == "default" for _, kind in picked) in (16, 17, 18)  # ~28%, as in the split
-    assert _spread([1, 2], 5) == [1, 2] and _spread([1, 2, 3], 1) == [1]
+    assert spread([1, 2], 5) == [1, 2] and spread([1, 2, 3], 1) == [1]
 
 
 def test_gpu_config_loads_and_builds_its_model() -> None:

@@ -61,7 +61,8 @@ def test_an_unknown_option_is_an_error_naming_it_and_the_valid_ones(model, tiny_
 def test_every_backbone_accepts_the_whole_table(model, tiny_tokenizer):
     """One settings table drives any backbone: options a backbone does not read are accepted."""
     every = {"temperature": 0.0, "top_k": 0, "top_p": 0.9, "seed": 1, "forced_tokens": False, "stop_token_ids": [],
-             "threshold": 0.9, "steps": None, "block_length": 4, "remasking": "low_confidence", "cache": "dual"}
+             "threshold": 0.9, "steps": None, "block_length": 4, "remasking": "low_confidence", "cache": "dual",
+             "prefix_cache": True}
     assert set(every) == {f for f in DecodingOptions.__dataclass_fields__}
     for bb in _backbones(model, tiny_tokenizer):
         assert len(bb.generate(["x = 1"], max_new_tokens=2, **every)) == 1

@@ -414,3 +414,49 @@ def test_forced_tokens_cost_no_pass_and_keep_greedy_choices(any_model, tiny_toke
         fast = d.generate([prompt], forced_tokens=True, threshold=0.9, **kw)[0]
         slow = d.generate([prompt], threshold=0.9, **kw)[0]
         assert c.valid(fast.text) and fast.info["forced_tokens"] > 0 and fast.nfe < slow.nfe
+
+
+class _Counting(torch.nn.Module):
+    """Records how many tokens each forward pass is fed."""
+
+    def __init__(self, inner: Transformer):
+        super().__init__()
+        self.inner, self.cfg, self.fed = inner, inner.cfg, []
+
+    def new_kv_cache(self, *a, **k):
+        return self.inner.new_kv_cache(*a, **k)
+
+    def forward(self, ids, *a, **k):
+        self.fed.append(ids.shape[1])
+        return self.inner(ids, *a, **k)
+
+
+def test_prefix_cache_prefills_only_new_tokens_and_changes_no_output(any_model, tiny_tokenizer):
+    """Agent-like rounds (each prompt extends the last one by its action and an observation):
+    with ``prefix_cache`` every output is the same as without, and a round's first pass is fed only
+    the tokens after the common prefix with what the previous call cached."""
+    from unimask.sampling.prefix_cache import common_prefix
+
+    tok = tiny_tokenizer
+    model = _Counting(any_model).eval()
+    backbones = [lambda: ARBackbone(model, tok)] + [
+        (lambda s=shift: DiffusionBackbone(model, tok, mode="block", block_length=4, shift=s)) for shift in (False, True)]
+    for make in backbones:
+        runs = {}
+        for on in (False, True):
+            bb, prompt, outs, first_fed, expected = make(), "<|user|>find x<|end|><|assistant|>", [], [], []
+            for r in range(4):
+                ids = tok.encode_prompt(prompt)
+                block = 0 if isinstance(bb, ARBackbone) else 4  # a diffusion pass also feeds the first block
+                expected.append(block + len(ids) - (common_prefix(bb.prefix.ids[: len(ids) - 1], ids) if on else 0))
+                model.fed.clear()
+                g = bb.generate([prompt], max_new_tokens=12, prefix_cache=on, temperature=1.0, seed=r)[0]
+                first_fed.append(model.fed[0])
+                outs.append((g.text, g.token_ids, g.nfe))
+                prompt += g.text + f"<|end|><|tool|>result {r}<|end|><|assistant|>"
+            runs[on] = outs
+            if on:
+                assert first_fed == expected
+                assert sum(first_fed[1:]) < sum(len(tok.encode_prompt(p)) for p in [prompt]) - 10  # reuse happened
+        assert runs[True] == runs[False], type(make())
+        assert len({o[0] for o in runs[True]}) > 1  # sampled, so the outputs depend on the logits

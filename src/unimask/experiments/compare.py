@@ -206,7 +206,7 @@ def _train(cfg: CompareConfig, out: Path, objectives: list[dict[str, Any]], *, d
     return final
 
 
-def _spread(items: list[Any], n: int) -> list[Any]:
+def spread(items: list[Any], n: int) -> list[Any]:
     """``n`` items evenly spread over ``items`` (in order). Task lists are ordered by question type,
     so a prefix would skew the type mix."""
     if n >= len(items):
@@ -316,6 +316,13 @@ def _induction_stage(cfg: CompareConfig, path: Path, data_dir: Path, bases: dict
 
 def _environment(cfg: CompareConfig, out: Path) -> DocQAEnvironment:
     return DocQAEnvironment(out / "cache", task_types=cfg.task_types, seed=cfg.seed)
+
+
+def agent_tasks(cfg: CompareConfig, env: DocQAEnvironment) -> tuple[list[Any], LoopConfig]:
+    """The main agents' test tasks and loop settings (also what benchmarks replay on a run's checkpoints)."""
+    tasks = spread(env.tasks("test"), cfg.test_tasks or len(env.tasks("test")))
+    return tasks, LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
+                             max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
 
 
 def _trajectory_stage(cfg: CompareConfig, out: Path, data_dir: Path) -> None:
@@ -463,17 +470,15 @@ def run_compare(cfg: CompareConfig) -> Path:
         tokenizers=arm_tok)
 
     # agents on the same test tasks
-    tasks = _spread(env.tasks("test"), cfg.test_tasks or len(env.tasks("test")))
-    loop = LoopConfig(max_rounds=cfg.max_rounds, max_new_tokens=cfg.max_new_tokens,
-                      max_context_tokens=cfg.max_context_tokens, batch_size=1, constrained=cfg.constrained)
+    tasks, loop = agent_tasks(cfg, env)
     free = dataclasses.replace(loop, constrained=not cfg.constrained)
     free_label = "unconstrained" if cfg.constrained else "constrained"
     dllm_default = {"threshold": cfg.threshold}
-    sweep = _spread(tasks, cfg.settings_tasks)
+    sweep = spread(tasks, cfg.settings_tasks)
     runs: list[tuple[str, str, dict[str, Any], list[Any], LoopConfig]] = [
         ("DLLM", "DLLM", dllm_default, tasks, loop),
         ("AR", "AR", {}, tasks, loop),
-        ("DLLM unaligned", "DLLM unaligned", dllm_default, _spread(tasks, cfg.ablation_tasks or len(tasks)), loop),
+        ("DLLM unaligned", "DLLM unaligned", dllm_default, spread(tasks, cfg.ablation_tasks or len(tasks)), loop),
         ("AR (sweep subset)", "AR", {}, sweep, loop),
         (f"AR {free_label}", "AR", {}, sweep, free),
         ("DLLM (sweep subset)", "DLLM", dllm_default, sweep, loop),

@@ -96,6 +96,20 @@ class KVCache:
         self.length = n
         self.structure = None if n == 0 or self.structure is None else self.structure[:n]
 
+    def reserve(self, max_len: int) -> None:
+        """Make room for ``max_len`` tokens (at least doubling), keeping what is cached."""
+        if max_len <= self.max_len:
+            return
+        new_len = max(max_len, 2 * self.max_len)
+        for store in (self.k, self.v):
+            for i, t in enumerate(store):
+                grown = t.new_zeros(*t.shape[:2], new_len, t.shape[3])
+                grown[:, :, : self.length] = t[:, :, : self.length]
+                store[i] = grown
+        ids = self.ids.new_zeros(self.ids.shape[0], new_len)
+        ids[:, : self.length] = self.ids[:, : self.length]
+        self.ids, self.max_len = ids, new_len
+
     def keep_positions(self, index: Tensor) -> None:
         """Keep only cached tokens ``index`` (1-D, along the sequence), in that order.
 

@@ -18,6 +18,7 @@ from unimask.sampling.backbone import Generation
 from unimask.sampling.constraint import Constraint
 from unimask.sampling.decoding import find_stop, make_generator, sample_tokens
 from unimask.sampling.options import DecodingOptions
+from unimask.sampling.prefix_cache import PrefixCache
 from unimask.tokenizer import Tokenizer
 
 LogitsProcessor = Callable[[Tensor, Tensor], Tensor]  # (generated ids [B, t], logits [B, V]) -> logits
@@ -50,6 +51,7 @@ class ARBackbone:
         self.kind = kind
         self.defaults = DecodingOptions().replace(**defaults)
         self.max_len = model.cfg.max_seq_len
+        self.prefix = PrefixCache(model)
 
     @torch.no_grad()
     def generate(
@@ -70,6 +72,8 @@ class ARBackbone:
         complete action always, and with ``forced_tokens`` the schema's forced continuations.
         Such tokens are queued and fed to the model together, in the next pass that needs logits;
         rows advance in lock-step, so a pass is skipped only when every live row has a forced token.
+        With ``prefix_cache`` a single prompt prefills only what follows its common prefix with the
+        previous call's cached tokens.
         """
         t0 = time.perf_counter()
         tok = self.tokenizer
@@ -87,8 +91,12 @@ class ARBackbone:
         B = len(ids_list)
         ids, structure = left_padded(ids_list, tok.pad_id, self.device)
         gen = make_generator(opts.seed, self.device)
-        cache = self.model.new_kv_cache(B, ids.shape[1] + max_new_tokens)
-        logits = self.model(ids, structure, kv_cache=cache)[:, -1]
+        reuse = bool(opts.prefix_cache) and B == 1
+        if reuse:
+            cache, n = self.prefix.take(ids_list[0], ids.shape[1] + max_new_tokens)
+        else:
+            cache, n = self.model.new_kv_cache(B, ids.shape[1] + max_new_tokens), 0
+        logits = self.model(ids[:, n:], structure[n:], kv_cache=cache)[:, -1]
         nfe = 1
         out: list[list[int]] = [[] for _ in range(B)]
         texts = [""] * B
@@ -162,6 +170,8 @@ class ARBackbone:
                     on_update(i, texts[i])
             if all(r is not None for r in reason):
                 break
+        if reuse:
+            self.prefix.put(cache, ids_list[0] + history[0].tolist())
         wall = time.perf_counter() - t0
         return [
             Generation(texts[i], out[i], nfe, wall, reason[i] or "length",

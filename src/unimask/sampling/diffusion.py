@@ -10,7 +10,9 @@ positions committed per step are chosen by
 
 Caching. ``mode="block"`` (block-diffusion checkpoints, clean context causal): the prompt and
 every finished block go into an *exact* KV cache; a block is decoded against it with
-``commit=False`` and committed together with the first step of the next block. ``mode="full"``
+``commit=False`` and committed together with the first step of the next block. With
+``prefix_cache`` that cache outlives the call: the next prompt prefills only what follows its
+common prefix with the cached tokens (an agent's next round, the next task's system prompt). ``mode="full"``
 (LLaDA-style bidirectional models): ``cache="none"`` recomputes everything each step,
 ``"prefix"`` caches the keys of everything before the current block once per block
 (approximate, Fast-dLLM's prefix cache), ``"dual"`` caches the suffix too.
@@ -44,6 +46,7 @@ from unimask.sampling.backbone import Generation
 from unimask.sampling.constraint import Constraint
 from unimask.sampling.decoding import add_gumbel_noise, find_stop, make_generator
 from unimask.sampling.options import DecodingOptions, Remasking
+from unimask.sampling.prefix_cache import PrefixCache
 from unimask.tokenizer import Tokenizer
 
 Mode = Literal["block", "full"]
@@ -193,6 +196,7 @@ class DiffusionBackbone:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.defaults = DecodingOptions().replace(**defaults)
         self.max_len = model.cfg.max_seq_len
+        self.prefix = PrefixCache(model)
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
@@ -255,8 +259,11 @@ class DiffusionBackbone:
         nfe, reason, text, out = 0, None, "", []
         cache = None
         if self.mode == "block":
-            cache = self.model.new_kv_cache(1, P + gen_len + bl)
-            pending = x[:, :P]  # clean tokens not yet in the cache
+            if opts.prefix_cache:
+                cache, n = self.prefix.take(prompt, P + gen_len + bl)
+            else:
+                cache, n = self.model.new_kv_cache(1, P + gen_len + bl), 0
+            pending = x[:, n:P]  # clean tokens not yet in the cache
         for b in range(n_blocks):
             s, e = P + b * bl, P + (b + 1) * bl
             seen = len(watch.ids)
@@ -274,6 +281,8 @@ class DiffusionBackbone:
                 on_update(index, text)
             if reason is not None:
                 break
+        if self.mode == "block" and opts.prefix_cache:
+            self.prefix.put(cache, x[0].tolist())
         info = {"tokens_per_step": len(out) / max(nfe, 1), "blocks": b + 1}
         if action is not None:
             info["forced_tokens"] = action.n_forced

@@ -24,8 +24,9 @@ class UnknownOptionError(TypeError):
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """Decoding options and their defaults. AR reads ``temperature``..``stop_token_ids``; diffusion
-    reads ``temperature``, ``seed``, ``forced_tokens`` and ``threshold``..``cache``."""
+    """Decoding options and their defaults. AR reads ``temperature``..``stop_token_ids`` and
+    ``prefix_cache``; diffusion reads ``temperature``, ``seed``, ``forced_tokens`` and
+    ``threshold``..``prefix_cache``."""
 
     temperature: float = 0.0
     top_k: int = 0  # AR
@@ -38,17 +39,21 @@ class DecodingOptions:
     block_length: int | None = None  # diffusion; None = the checkpoint's block size
     remasking: Remasking = "low_confidence"  # diffusion, fixed schedule
     cache: CacheMode | None = "dual"  # masked diffusion; None = "none"
+    # AR (one prompt per call) and block diffusion: start from the previous call's KV cache, truncated
+    # to the longest common token prefix, so that an agent round prefills only its new tokens
+    prefix_cache: bool = True
 
     def replace(self, **options: Any) -> DecodingOptions:
         """These options with ``options`` set. ``None`` for an option that has no ``None`` meaning
-        (``temperature``, ``top_k``, ``top_p``, ``forced_tokens``, ``remasking``) keeps this value."""
+        (``temperature``, ``top_k``, ``top_p``, ``forced_tokens``, ``remasking``, ``prefix_cache``) keeps this
+        value."""
         check_options(options)
         given = {k: v for k, v in options.items() if v is not None or k not in _NONE_KEEPS}
         return dataclasses.replace(self, **given) if given else self
 
 
 _NAMES = tuple(f.name for f in dataclasses.fields(DecodingOptions))
-_NONE_KEEPS = frozenset({"temperature", "top_k", "top_p", "forced_tokens", "remasking"})
+_NONE_KEEPS = frozenset({"temperature", "top_k", "top_p", "forced_tokens", "remasking", "prefix_cache"})
 
 
 def check_options(options: Mapping[str, Any]) -> None:
