@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--dllm", default="", help="DLLM checkpoint (default: RUN/sft_dllm/final)")
     ap.add_argument("--tasks", type=int, default=120, help="test tasks, spread over the run's task list")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dllm-option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a DecodingOptions override for the DLLM arms (JSON value), e.g. block_length=4")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -49,7 +51,8 @@ def main() -> None:
     tasks, loop = agent_tasks(cfg, env)
     tasks = spread(tasks, args.tasks)
     ckpt = {"AR": args.ar or run / "sft_ar" / "final", "DLLM": args.dllm or run / "sft_dllm" / "final"}
-    decoding = {"AR": {}, "DLLM": {"threshold": cfg.threshold}}
+    decoding = {"AR": {}, "DLLM": {"threshold": cfg.threshold,
+                                   **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.dllm_option)}}}
     backbones = {}
     for arm in ("AR", "DLLM"):
         for cache in (True, False):
@@ -63,7 +66,7 @@ def main() -> None:
     load_end = os.getloadavg()
 
     print(f"bench_agent_episodes: {len(tasks)} test tasks of {run} ({ckpt['AR']} / {ckpt['DLLM']}), forced tokens "
-          f"{'on' if cfg.forced_tokens else 'off'}, DLLM threshold {cfg.threshold}; {args.threads} thread(s); "
+          f"{'on' if cfg.forced_tokens else 'off'}, DLLM options {decoding['DLLM']}; {args.threads} thread(s); "
           f"{took / 60:.1f} min")
     print(f"load average (1/5/15 min) at start {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, at end "
           f"{load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f} on {os.cpu_count()} CPUs\n")

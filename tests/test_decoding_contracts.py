@@ -101,3 +101,12 @@ def test_backbone_kind_is_the_decoder_spec_name(spec, tiny_tokenizer, tmp_path):
     backbone = load_backbone(path, device="cpu", threshold=0.5)
     assert backbone.kind == spec.backbone and backbone.defaults.threshold == 0.5
     assert json.loads((path / "config.json").read_text())["extra"]["backbone"] == backbone.kind
+
+
+def test_a_block_length_given_at_load_overrides_the_checkpoints(tiny_tokenizer, tmp_path):
+    path = save_checkpoint(tmp_path / "bd", Transformer(model_preset("tiny")), tiny_tokenizer,
+                           DecoderSpec("block_diffusion", block_size=8).to_extra())
+    assert load_backbone(path, device="cpu").block_length == 8
+    backbone = load_backbone(path, device="cpu", block_length=4)
+    assert backbone.block_length == 4
+    assert backbone.generate(["x = 1"], max_new_tokens=8)[0].info["blocks"] <= 2

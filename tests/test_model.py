@@ -125,6 +125,11 @@ def test_ar_kv_cache_matches_full_forward(any_model):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
     cache.truncate(10)
     torch.testing.assert_close(any_model(ids[:, 10:12], kv_cache=cache), full[:, 10:12], atol=1e-5, rtol=0)
+    cache.truncate(10)
+    cache.reserve(64)  # grown in place: what was cached stays
+    assert cache.max_len == 64 and cache.length == 10
+    last = any_model(ids[:, 10:24], kv_cache=cache, logits_to_keep=1)
+    torch.testing.assert_close(last, full[:, 23:24], atol=1e-5, rtol=0)
 
 
 def test_block_diffusion_cache_matches_training_layout(any_model):

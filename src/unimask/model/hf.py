@@ -191,6 +191,7 @@ class HFCausalLM(torch.nn.Module):
         attention: AttentionStructure | None = None,
         kv_cache: HFCache | None = None,
         commit: bool = True,
+        logits_to_keep: int = 0,
     ) -> Tensor:
         if not commit:
             raise ValueError("HFCausalLM cannot attend without committing to its cache (commit=False)")
@@ -213,7 +214,7 @@ class HFCausalLM(torch.nn.Module):
         if kv_cache is not None:
             kwargs["past_key_values"] = kv_cache.inner
             kwargs["use_cache"] = True
-        out = self.hf(input_ids=input_ids, **kwargs)
+        out = self.hf(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
         if kv_cache is not None:
             kv_cache.length = start + T
             kv_cache.structure = attention

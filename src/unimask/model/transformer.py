@@ -304,7 +304,10 @@ class Transformer(nn.Module):
         attention: AttentionStructure | None = None,
         kv_cache: KVCache | None = None,
         commit: bool = True,
+        logits_to_keep: int = 0,
     ) -> Tensor:
+        """Logits ``[B, T, V]``, or of the last ``logits_to_keep`` positions only (0 = all), as
+        ``transformers`` names it: a prompt pass needs the last position's, not a vocabulary row per token."""
         B, T = input_ids.shape
         if T == 0:
             raise ValueError("input_ids is empty")
@@ -332,6 +335,8 @@ class Transformer(nn.Module):
                 mask = structure.dense_mask(slice(start, start + T))
         if self.smear_gate is not None:
             x = self._smear(x, input_ids, structure, kv_cache, start, mask)
+        if kv_cache is not None and mask is not None and bool(mask.all()):
+            mask = None  # decoding with every key visible: SDPA's unmasked kernel (decoding syncs per step anyway)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype, self.cfg.rope_scaling)
         for i, layer in enumerate(self.layers):
             if self.activation_checkpointing and self.training:
@@ -343,4 +348,6 @@ class Transformer(nn.Module):
             kv_cache.ids[:, start : start + T] = input_ids
             kv_cache.length = start + T
             kv_cache.structure = structure
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm(x))

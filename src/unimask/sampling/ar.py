@@ -96,7 +96,7 @@ class ARBackbone:
             cache, n = self.prefix.take(ids_list[0], ids.shape[1] + max_new_tokens)
         else:
             cache, n = self.model.new_kv_cache(B, ids.shape[1] + max_new_tokens), 0
-        logits = self.model(ids[:, n:], structure[n:], kv_cache=cache)[:, -1]
+        logits = self.model(ids[:, n:], structure[n:], kv_cache=cache, logits_to_keep=1)[:, -1]
         nfe = 1
         out: list[list[int]] = [[] for _ in range(B)]
         texts = [""] * B
@@ -127,7 +127,7 @@ class ARBackbone:
                     torch.zeros(B, n, dtype=torch.bool, device=self.device),
                     next_pos[:, None] + offs,
                 )
-                logits = self.model(feed, new, kv_cache=cache)[:, -1]
+                logits = self.model(feed, new, kv_cache=cache, logits_to_keep=1)[:, -1]
                 next_pos = next_pos + n
                 nfe += 1
                 unfed = []

@@ -316,7 +316,7 @@ class DiffusionBackbone:
         masked = block == tok.mask_id
         if action is not None:
             action.prefill(block, masked)
-        k_sched = num_transfer_tokens(masked.sum(1), steps)
+        k_sched = num_transfer_tokens(masked.sum(1), steps) if threshold is None else None
         noisy = self._noisy(s, e)
         nfe, step, done = 0, 0, 0
         first = None  # shifted models: the last clean token's logits predict the block's first token
@@ -328,7 +328,8 @@ class DiffusionBackbone:
                 clean = AttentionStructure(torch.zeros(1, n_pend, dtype=torch.long, device=self.device),
                                            pos_p[None], torch.zeros(1, n_pend, dtype=torch.bool, device=self.device),
                                            pos_p[None])
-                logits = self.model(inp, AttentionStructure.cat([clean, noisy]), kv_cache=cache)[:, n_pend - 1:]
+                logits = self.model(inp, AttentionStructure.cat([clean, noisy]), kv_cache=cache,
+                                    logits_to_keep=block.shape[1] + 1)
                 first, logits = logits[:, :1], logits[:, 1:]
                 cache.truncate(start + n_pend)  # keep the clean tokens, drop the noisy block
                 n_pend = 0
@@ -349,7 +350,7 @@ class DiffusionBackbone:
         x[:, s:e] = block
         return x, nfe
 
-    def _step(self, logits: Tensor, window: Tensor, masked: Tensor, action: _Action | None, k_sched: Tensor,
+    def _step(self, logits: Tensor, window: Tensor, masked: Tensor, action: _Action | None, k_sched: Tensor | None,
               step: int, threshold: float | None, opts: DecodingOptions,
               generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One commit decision over a window: constrained left-to-right runs, or schedule/threshold."""
@@ -386,7 +387,7 @@ class DiffusionBackbone:
             action.prefill(blk, masked)
             x = x.clone()
             x[:, s:e] = blk
-        k_sched = num_transfer_tokens(masked.sum(1), steps)
+        k_sched = num_transfer_tokens(masked.sum(1), steps) if threshold is None else None
         nfe, step, done, stopped = 0, 0, 0, False
         if watch is not None:
             done, stopped = watch.watch(blk, masked, done)

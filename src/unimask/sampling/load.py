@@ -52,6 +52,7 @@ def load_backbone(path: str | Path, device: str | None = None, **decoding_defaul
     if spec.backbone == "ar":
         return ARBackbone(model, tokenizer, device=device, **decoding_defaults)
     if spec.backbone in MODES:
-        return DiffusionBackbone(model, tokenizer, mode=MODES[spec.backbone], block_length=spec.block_size,
-                                 device=device, shift=spec.shift, **decoding_defaults)
+        options = {"block_length": spec.block_size, **decoding_defaults}  # a given block_length overrides
+        return DiffusionBackbone(model, tokenizer, mode=MODES[spec.backbone], device=device, shift=spec.shift,
+                                 **options)
     raise ValueError(f"{path}: unknown backbone kind {spec.backbone!r} in config.json extra")
