@@ -222,3 +222,50 @@ def test_third_party_causal_model_behind_backbone(tiny_tokenizer, tmp_path):
     a, b = backbone.generate(["def f(x):", "import os"], max_new_tokens=6)
     single = backbone.generate(["import os"], max_new_tokens=6)[0]
     assert backbone.kind == "hf" and b.token_ids == single.token_ids and a.nfe >= 1
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_fused_head_loss_matches_logits_then_loss(any_model, chunk):
+    """The training loss through the fused head (no logits, unscored rows skipped, chunked) equals
+    the objectives' convention on full logits, in value and in every parameter's gradient, on a
+    block-diffusion layout whose clean half is unscored."""
+    from unimask.model.fused_loss import linear_cross_entropy
+    from unimask.objectives.example import IGNORE, example_loss
+
+    torch.manual_seed(1)
+    model = any_model.train()
+    B, L = 2, 12
+    s = AttentionStructure.block_diffusion(B, L, 4)
+    ids = torch.randint(3, V, (B, 2 * L))
+    labels = torch.randint(3, V, (B, 2 * L))
+    labels[:, L:] = IGNORE  # the clean copy is not scored
+    labels[0, 2] = IGNORE
+    weights = torch.rand(B, 2 * L) * (labels != IGNORE)
+    weights[1, 5] = 0.0
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref = example_loss(model(ids, s), labels, weights).mean()
+    ref_grads = grads(ref)
+    if chunk is None:
+        got = model(ids, s, labels=labels, loss_weights=weights)
+    else:  # the chunk loop itself, with chunks that do not divide the scored rows
+        import unimask.model.transformer as transformer
+
+        orig = transformer.linear_cross_entropy
+        transformer.linear_cross_entropy = lambda *a: linear_cross_entropy(*a, chunk=chunk)
+        try:
+            got = model(ids, s, labels=labels, loss_weights=weights)
+        finally:
+            transformer.linear_cross_entropy = orig
+    got_grads = grads(got)
+    model.eval()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(got_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="loss_weights"):
+        model(ids, s, labels=labels)

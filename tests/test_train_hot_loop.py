@@ -15,7 +15,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_support import ListSource, stdlib_windows, tiny_config  # noqa: E402
-from unimask.objectives.example import example_loss  # noqa: E402
 from unimask.train.optim import build_optimizer, lr_at  # noqa: E402
 from unimask.train.trainer import Trainer, train  # noqa: E402
 
@@ -28,8 +27,10 @@ def windows(tiny_tokenizer):
 
 
 def _plain_loop(cfg, tokenizer, windows) -> tuple[list[float], list[int]]:
-    """The same run written out by hand: per step, accumulate, clip, AdamW, read the loss at once.
-    Returns the per-step losses and the cumulative real-token counts."""
+    """The same run written out by hand: per step, accumulate, clip, AdamW, read the loss at once
+    (the loss through the model's fused head, as the trainer computes it; that head's equality with
+    logits-then-loss is tests/test_model.py's). Returns the per-step losses and the cumulative
+    real-token counts."""
     trainer = Trainer(cfg, tokenizer=tokenizer, train_source=ListSource(windows))  # same seeded weights and stream
     model = trainer.raw_model
     model.train()
@@ -42,7 +43,7 @@ def _plain_loop(cfg, tokenizer, windows) -> tuple[list[float], list[int]]:
         total = torch.zeros(())
         for b in batches:
             attention = None if b.attention.is_plain_causal() else b.attention
-            loss = example_loss(model(b.input_ids, attention), b.labels, b.loss_weights).mean()
+            loss = model(b.input_ids, attention, labels=b.labels, loss_weights=b.loss_weights)
             (loss / cfg.grad_accum).backward()
             total += loss.detach()
             tokens[-1] += int((b.attention.doc_ids >= 0).sum())

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from unimask.model.attention import AttentionStructure
 from unimask.model.config import ModelConfig
+from unimask.model.fused_loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -305,9 +306,15 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         commit: bool = True,
         logits_to_keep: int = 0,
+        labels: Tensor | None = None,
+        loss_weights: Tensor | None = None,
     ) -> Tensor:
         """Logits ``[B, T, V]``, or of the last ``logits_to_keep`` positions only (0 = all), as
-        ``transformers`` names it: a prompt pass needs the last position's, not a vocabulary row per token."""
+        ``transformers`` names it: a prompt pass needs the last position's, not a vocabulary row per token.
+
+        With ``labels`` and ``loss_weights`` (``[B, T]``) it returns the training loss instead: the
+        batch mean of each example's weighted token cross-entropy, through the fused head of
+        ``unimask.model.fused_loss`` (no logits are materialised; unscored positions skip the head)."""
         B, T = input_ids.shape
         if T == 0:
             raise ValueError("input_ids is empty")
@@ -348,6 +355,10 @@ class Transformer(nn.Module):
             kv_cache.ids[:, start : start + T] = input_ids
             kv_cache.length = start + T
             kv_cache.structure = structure
+        if labels is not None:
+            if loss_weights is None:
+                raise ValueError("labels need loss_weights (0 where a position is not scored)")
+            return linear_cross_entropy(self.norm(x), self.lm_head.weight, labels, loss_weights)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm(x))

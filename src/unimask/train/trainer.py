@@ -26,7 +26,7 @@ from unimask.config import ConfigError, save_config, to_dict
 from unimask.model import load_checkpoint
 from unimask.model.convert import ensure_checkpoint
 from unimask.objectives import build_objective, mixture_decoder
-from unimask.objectives.example import Batch, example_loss
+from unimask.objectives.example import Batch
 from unimask.train import checkpoint as ckpt
 from unimask.train.batches import MicroBatches, ObjectiveFn, build_objective_fn
 from unimask.train.config import ObjectiveSpec, TrainConfig
@@ -256,9 +256,9 @@ class Trainer:
         tokens = int((batch.attention.doc_ids >= 0).sum())
         batch = batch.to(self.device)
         with self.parallel.grad_sync(self.model, sync):
-            with autocast_context(self.device, self.amp_dtype):
-                logits = self.model(batch.input_ids, None if plain else batch.attention)
-            loss = example_loss(logits, batch.labels, batch.loss_weights).mean()
+            with autocast_context(self.device, self.amp_dtype):  # the model's fused head returns the loss
+                loss = self.model(batch.input_ids, None if plain else batch.attention, labels=batch.labels,
+                                  loss_weights=batch.loss_weights)
             (loss / self.cfg.grad_accum).backward()
         return loss.detach(), tokens
 
