@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 WORKLOADS = ("causal", "block_diffusion", "agent_sft")
+DTYPES = ("fp32", "bf16")
 BLOCK = 8  # the compare recipe's block size
 
 
@@ -118,6 +119,7 @@ def run_ours(work: Path, args: argparse.Namespace) -> dict:
     turns = args.workload == "agent_sft"
     cfg = from_dict(TrainConfig, {
         "model": {"preset": args.preset, "overrides": model_overrides(args), "compile": args.arm == "compiled"},
+        "dtype": args.dtype,
         "data": {"kind": "trajectories" if turns else "packed", "seq_len": args.seq_len, "max_len": args.seq_len},
         "objectives": [objective], "micro_batch_size": args.micro, "steps": args.warmup + args.steps,
         "eval_interval": 0, "checkpoint_interval": 0, "log_interval": 1, "progress": False, "tensorboard": False,
@@ -125,11 +127,12 @@ def run_ours(work: Path, args: argparse.Namespace) -> dict:
     })
     trainer = Trainer(cfg, tokenizer=tok, train_source=Source(torch.load(work / "windows.pt"), turns))
     trainer.save = lambda: None  # measure training, not the final checkpoint write
-    processed_len = []  # the padded length the model runs on, per micro-batch
+    processed_len, scored = [], []  # per micro-batch: the padded length the model runs on, the share scored
     original = trainer._micro_step
 
     def micro_step(batch, sync):
         processed_len.append(batch.input_ids.shape[1])
+        scored.append(float(((batch.loss_weights != 0) & (batch.labels >= 0)).float().mean()))
         return original(batch, sync)
 
     trainer._micro_step = micro_step
@@ -140,7 +143,8 @@ def run_ours(work: Path, args: argparse.Namespace) -> dict:
     seconds = sum((r["tokens"] - p) / r["tokens_per_s"] for r, p in zip(recs, prev, strict=True) if r["step"] > args.warmup)
     length = sum(processed_len[args.warmup:]) / len(processed_len[args.warmup:])
     processed = args.steps * args.micro * length
-    flops = train_flops_per_token(trainer.raw_model.cfg, round(length)) * processed
+    head_share = sum(scored[args.warmup:]) / len(scored[args.warmup:])  # the fused head skips unscored rows
+    flops = train_flops_per_token(trainer.raw_model.cfg, round(length), head_share) * processed
     return {"clean_tokens_per_s": args.steps * args.micro * args.seq_len / seconds, "gflops": flops / seconds / 1e9,
             "peak_mb": peak_memory_mb(), "seq": length}
 
@@ -167,7 +171,8 @@ def run_hf(work: Path, args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         x = windows[[(i + j) % len(windows) for j in range(args.micro)]].to(device)
         i += args.micro
-        loss = model(input_ids=x, labels=x).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -180,8 +185,9 @@ def run_hf(work: Path, args: argparse.Namespace) -> dict:
             "gflops": train_flops_per_token(c, args.seq_len) * tokens / seconds / 1e9}
 
 
-def subprocess_arm(work: Path, arm: str, preset: str, workload: str, argv: list[str], threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--arm", arm, "--preset", preset, "--workload", workload, "--work", str(work), *argv]
+def subprocess_arm(work: Path, arm: str, preset: str, workload: str, dtype: str, argv: list[str], threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--arm", arm, "--preset", preset, "--workload", workload, "--dtype", dtype,
+           "--work", str(work), *argv]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if out.returncode != 0:
         raise SystemExit(f"{arm}/{preset}/{workload} failed:\n{out.stderr[-4000:]}")
@@ -199,6 +205,9 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="add compiled arms beside the eager ones")
+    ap.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
+                    help="fp32, and bf16 autocast (both arms; fp32 master weights, fp32 softmax/loss)")
+    ap.add_argument("--dtype", choices=DTYPES, help=argparse.SUPPRESS)
     ap.add_argument("--arm", choices=["ours", "compiled", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
@@ -214,31 +223,34 @@ def main() -> None:
     passthrough = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--seq-len", str(args.seq_len),
                    "--micro", str(args.micro), "--threads", str(args.threads)]
     ours = ["ours", "compiled"] if args.compile else ["ours"]
-    arms = [(p, "hf", "causal") for p in args.presets if "causal" in args.workloads]
-    arms += [(p, arm, w) for p in args.presets for arm in ours for w in args.workloads]
+    arms = [(p, "hf", "causal", d) for d in args.dtypes for p in args.presets if "causal" in args.workloads]
+    arms += [(p, arm, w, d) for d in args.dtypes for p in args.presets for arm in ours for w in args.workloads]
     best: dict[tuple, dict] = {}
-    peak = 0.0
+    peak = dict.fromkeys(args.dtypes, 0.0)
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         make_data(work, args.seq_len)
         for r in range(args.repeats):
             for key in (arms if r % 2 == 0 else arms[::-1]):  # alternate the order too
-                peak = max(peak, matmul_peak_gflops())  # the roofline, beside every arm
-                res = subprocess_arm(work, key[1], key[0], key[2], passthrough, args.threads)
+                dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[key[3]]
+                peak[key[3]] = max(peak[key[3]], matmul_peak_gflops(dtype=dtype))  # the roofline, beside every arm
+                res = subprocess_arm(work, key[1], key[0], key[2], key[3], passthrough, args.threads)
                 if key not in best or res["clean_tokens_per_s"] > best[key]["clean_tokens_per_s"]:
                     best[key] = res
-    print(f"seq_len {args.seq_len}, micro-batch {args.micro}, threads {args.threads}, "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s, best of {args.repeats} interleaved rounds\n")
-    print("| preset | arm | workload | processed len | clean tok/s | GFLOP/s | % of peak | peak MB | vs hf | cost/clean tok vs causal |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for preset, arm, workload in arms:
-        res = best[(preset, arm, workload)]
-        hf = best.get((preset, "hf", "causal"))
-        causal = best.get((preset, arm, "causal"))  # the same arm's plain causal cost
+    peaks = ", ".join(f"{d} {v:.0f}" for d, v in peak.items())
+    print(f"seq_len {args.seq_len}, micro-batch {args.micro}, threads {args.threads}, matmul peak (GFLOP/s) "
+          f"{peaks}, best of {args.repeats} interleaved rounds\n")
+    print("| preset | dtype | arm | workload | processed len | clean tok/s | GFLOP/s | % of peak | peak MB | vs hf "
+          "| cost/clean tok vs causal |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for preset, arm, workload, dtype in arms:
+        res = best[(preset, arm, workload, dtype)]
+        hf = best.get((preset, "hf", "causal", dtype))
+        causal = best.get((preset, arm, "causal", dtype))  # the same arm's plain causal cost
         vs_hf = f"{res['clean_tokens_per_s'] / hf['clean_tokens_per_s']:.2f}x" if hf and arm != "hf" and workload == "causal" else ""
         cost = f"{causal['clean_tokens_per_s'] / res['clean_tokens_per_s']:.2f}x" if causal and arm != "hf" else ""
-        print(f"| {preset} | {arm} | {workload} | {res['seq']:.0f} | {res['clean_tokens_per_s']:,.0f} | "
-              f"{res['gflops']:.0f} | {100 * res['gflops'] / peak:.0f}% | {res['peak_mb']:.0f} | {vs_hf} | {cost} |")
+        print(f"| {preset} | {dtype} | {arm} | {workload} | {res['seq']:.0f} | {res['clean_tokens_per_s']:,.0f} | "
+              f"{res['gflops']:.0f} | {100 * res['gflops'] / peak[dtype]:.0f}% | {res['peak_mb']:.0f} | {vs_hf} | {cost} |")
 
 
 if __name__ == "__main__":

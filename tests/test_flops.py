@@ -9,3 +9,5 @@ def test_flops_known_shape():
     # per layer: q,o 8*8 each; k,v 8*4 each (one kv head of width 4); MLP 3*8*16; head 100*8
     assert matmul_params(cfg) == 2 * (64 * 2 + 32 * 2 + 384) + 800
     assert train_flops_per_token(cfg, 10) == 6 * 1952 + 12 * 2 * 2 * 4 * 10
+    # half the tokens scored: the fused head projects only those
+    assert train_flops_per_token(cfg, 10, head_share=0.5) == 6 * (1952 - 400) + 12 * 2 * 2 * 4 * 10

@@ -107,6 +107,23 @@ def test_loss_decreases_and_run_artifacts(tmp_path, tiny_tokenizer, windows) -> 
     assert tok.vocab_size == tiny_tokenizer.vocab_size
 
 
+def test_bf16_autocast_trains_on_cpu_and_auto_picks_it_only_where_native(tmp_path, tiny_tokenizer, windows,
+                                                                        monkeypatch) -> None:
+    import torch
+
+    from unimask.train import factories
+
+    cfg = tiny_config(tmp_path / "run", steps=25, checkpoint_interval=0, dtype="bf16", optim__warmup_steps=3,
+                      optim__lr=5e-3)
+    res = train(cfg, tokenizer=tiny_tokenizer, train_source=ListSource(windows[:8]))
+    assert sum(res.losses[-5:]) / 5 < res.losses[0] - 0.5
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(factories, "native_bf16", lambda device, n=native: n)
+        assert factories.amp_dtype_for(tiny_config(tmp_path, dtype="auto"), cpu) is expected
+    assert factories.amp_dtype_for(tiny_config(tmp_path, dtype="fp32"), cpu) is None
+
+
 def test_grad_accumulation_is_exact(tmp_path, tiny_tokenizer, windows) -> None:
     """micro 4 x accum 1 and micro 2 x accum 2 and micro 1 x accum 4 train the same weights."""
     results = []

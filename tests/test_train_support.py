@@ -89,6 +89,7 @@ def tiny_config(out_dir: str | Path, **kw: Any):
         "tensorboard": False,
         "progress": False,
         "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "dtype": "fp32",  # exactness tests compare fp32 arithmetic; "auto" would pick bf16 on some CPUs
     }
     for key, value in kw.items():
         node = data

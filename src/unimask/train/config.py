@@ -86,7 +86,7 @@ class TrainConfig:
     resume: bool = True
     seed: int = 0
     device: str = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where native (GPU, AVX512-BF16/AMX CPU)
     distributed: Literal["ddp", "fsdp"] = "ddp"
     tensorboard: bool = True
     progress: bool = True

@@ -9,7 +9,9 @@ every layer plus the output head (``vocab * d_model``; a lookup into the embeddi
 tied embeddings are counted once, as the head). The second term is attention's two score
 matmuls (``QK^T`` and ``PV``, ``2 * 2 * d_attn * L`` per token and layer forward) over the ``L``
 keys of the processed sequence, counted in full as PaLM does: a causal kernel may skip the
-masked half, so the achieved rate it yields is an upper bound of the useful work.
+masked half, so the achieved rate it yields is an upper bound of the useful work. The head term
+counts only the tokens that reach the head: the trainer's fused head skips unscored positions
+(a block-diffusion layout's clean half), and work not done is not counted.
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ def matmul_params(cfg: ModelConfig) -> int:
     return cfg.n_layers * (attn + mlp) + cfg.vocab_size * d
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Forward+backward FLOPs per processed token of a sequence of ``seq_len`` tokens."""
-    return 6 * matmul_params(cfg) + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, head_share: float = 1.0) -> float:
+    """Forward+backward FLOPs per processed token of a sequence of ``seq_len`` tokens, when a
+    ``head_share`` of the tokens reach the output head (the fused head skips unscored ones)."""
+    head = cfg.vocab_size * cfg.d_model
+    body = matmul_params(cfg) - head
+    return 6 * (body + head_share * head) + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` fp32 ``n x n @ n x n`` rate on the current threads, in GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-``repeats`` ``n x n @ n x n`` rate in ``dtype`` on the current threads, in GFLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up
     best = float("inf")
     for _ in range(repeats):
