@@ -13,13 +13,17 @@ load drift hits all alike (best round per arm is kept):
   CPU it needs a C++ compiler), beside the eager arms in the same rounds. Compilation happens in
   the warm-up steps, which are not timed; use ``--warmup`` of 2 or more.
 
-The structured layouts process about twice the tokens of their clean input; the table reports
-their cost per *clean* token relative to plain causal. Achieved GFLOP/s uses
+Every arm runs in fp32 and in bf16 autocast (``--dtypes``; the ``hf`` loop under
+``torch.autocast``, ours with ``dtype: bf16``), each measured against the matmul peak of its own
+dtype. The structured layouts process about twice the tokens of their clean input; the table
+reports their cost per *clean* token relative to plain causal. Achieved GFLOP/s uses
 ``train_flops_per_token`` (6N plus full attention FLOPs, see ``unimask/train/flops.py``) over the
-tokens the model processes. Prints a markdown table.
+tokens the model processes, the head counted only for the rows that reach it (ours skips
+unscored rows). Prints a markdown table.
 
     python benchmarks/bench_train.py [--presets small base] [--workloads causal block_diffusion agent_sft]
-        [--steps 8] [--warmup 2] [--repeats 2] [--seq-len 256] [--micro 8] [--threads 2] [--compile]
+        [--dtypes fp32 bf16] [--steps 8] [--warmup 2] [--repeats 2] [--seq-len 256] [--micro 8] [--threads 2]
+        [--compile]
 """
 
 from __future__ import annotations
