@@ -126,8 +126,8 @@ class CompareConfig:
     device: str = "auto"
     # Training precision (TrainConfig.dtype). fp32 by default so that the run, and the figures in the
     # docs, reproduce on any CPU: "auto" trains in bf16 autocast where the CPU multiplies bf16 natively
-    # (1.2x faster steps here), which changes the run (measured: AR 53.0%, DLLM 46.7% EM vs fp32's
-    # 52.1% / 50.4%). The GPU config sets auto.
+    # (1.16x faster pre-training here), which changes the run (2026-12-08: AR 53.0%, DLLM 46.7% EM
+    # against fp32's 50.1% / 52.7%). The GPU config sets auto.
     dtype: str = "fp32"
     # Decoding tiny models on CPU is latency-bound: one intra-op thread avoids OpenMP stalls on a
     # busy machine (measured 100x slower with 2 threads under load) and treats both backbones alike.

@@ -264,7 +264,11 @@ def write_report(out: Path, episodes: Mapping[str, Sequence[EpisodeRecord]], bas
             f"{speed['lo']:.2f}-{speed['hi']:.2f}, {speed['tasks']} tasks): the DLLM agent is {faster} per task. "
             f"It generated {dl['tokens_per_nfe']:.2f} tokens per forward pass vs {ar['tokens_per_nfe']:.2f} for AR "
             f"({dl['nfe_mean']:.0f} vs {ar['nfe_mean']:.0f} forward passes per task, "
-            f"{dl['rounds_mean']:.2f} vs {ar['rounds_mean']:.2f} rounds). "
+            f"{dl['rounds_mean']:.2f} vs {ar['rounds_mean']:.2f} rounds), and a pass cost "
+            f"{1000 * dl['model_time_mean'] / max(dl['nfe_mean'], 1e-9):.2f} vs "
+            f"{1000 * ar['model_time_mean'] / max(ar['nfe_mean'], 1e-9):.2f} ms of model time "
+            "(in-run: the stages still running beside the agents load the machine; the interleaved "
+            "`benchmarks/bench_agent_episodes.py` is the idle measurement). "
             f"Accuracy gap (AR - DLLM): {100 * (ar['em'] - dl['em']):+.1f} EM points.",
             "",
         ]
