@@ -27,8 +27,7 @@ import torch
 
 from unimask.agent.loop import run_paired_episodes
 from unimask.config import from_dict
-from unimask.envs.docqa import DocQAEnvironment
-from unimask.experiments.compare import CompareConfig, agent_tasks, spread
+from unimask.experiments.compare import CompareConfig, agent_tasks, environment, spread
 from unimask.experiments.report import paired_speedup, summarize
 from unimask.sampling import load_backbone
 
@@ -47,7 +46,7 @@ def main() -> None:
     run = Path(args.run)
     cfg = from_dict(CompareConfig, {k: v for k, v in json.loads((run / "compare_config.json").read_text()).items()
                                     if k in CompareConfig.__dataclass_fields__})
-    env = DocQAEnvironment(run / "cache", task_types=cfg.task_types, seed=cfg.seed)
+    env = environment(cfg, run)
     tasks, loop = agent_tasks(cfg, env)
     tasks = spread(tasks, args.tasks)
     ckpt = {"AR": args.ar or run / "sft_ar" / "final", "DLLM": args.dllm or run / "sft_dllm" / "final"}

@@ -320,7 +320,8 @@ def _induction_stage(cfg: CompareConfig, path: Path, data_dir: Path, bases: dict
     atomic_write_text(path, json.dumps(found, indent=2))
 
 
-def _environment(cfg: CompareConfig, out: Path) -> DocQAEnvironment:
+def environment(cfg: CompareConfig, out: Path) -> DocQAEnvironment:
+    """The run's DocQA environment (its corpus and search index cached under ``out/cache``)."""
     return DocQAEnvironment(out / "cache", task_types=cfg.task_types, seed=cfg.seed)
 
 
@@ -333,7 +334,7 @@ def agent_tasks(cfg: CompareConfig, env: DocQAEnvironment) -> tuple[list[Any], L
 
 def _trajectory_stage(cfg: CompareConfig, out: Path, data_dir: Path) -> None:
     """Oracle trajectories through the real tools; every correct train one also with made-up names."""
-    env, tokenizer = _environment(cfg, out), Tokenizer.load(data_dir)
+    env, tokenizer = environment(cfg, out), Tokenizer.load(data_dir)
     traj_dir = out / "trajectories"
     traj_dir.mkdir(exist_ok=True)
     pool, rng = name_pieces(env), np.random.default_rng(cfg.seed)
@@ -379,7 +380,7 @@ def _agent_stage(cfg: CompareConfig, out: Path, arms: dict[str, tuple[Path, Path
     tmps = {label: path.with_suffix(".partial") for label, (path, *_) in arms.items()}
     for tmp in tmps.values():
         tmp.unlink(missing_ok=True)
-    run_paired_episodes(_environment(cfg, out), tasks, backbones, loop, tmps, progress=not in_worker())
+    run_paired_episodes(environment(cfg, out), tasks, backbones, loop, tmps, progress=not in_worker())
     for label, (path, *_) in arms.items():
         tmps[label].replace(path)
 
@@ -419,7 +420,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     # each arm speaks its own model's tokenizer (Dream's mask id differs from the AR model's added one)
     arm_tok = {name: inits.get(name) or data_dir for name in ("ar", "dllm")}
     _check_same_text_ids({name: Tokenizer.load(path) for name, path in arm_tok.items()})
-    env = _environment(cfg, out)  # built (and its search index cached) once, before the stages read it
+    env = environment(cfg, out)  # built (and its search index cached) once, before the stages read it
 
     # Every later stage, in priority order; a stage whose output exists is reused. Stages beside
     # another get one thread each; the AR base, which nothing can run beside, all of them.
